@@ -1,0 +1,250 @@
+"""Cost of the masks: the one-layer masked Transformer against fairseq's dense Transformer.
+
+    python -m one_layer_lottery.bench [--arch one_layer_transformer_iwslt_de_en] [--device cpu|cuda]
+                                      [--dtype fp32|fp16|bf16] [--max-tokens 4096]
+
+Both models have the same dimensions and layer counts and see the same batches in the same
+process; steps alternate between them so that machine noise hits both alike. Printed as
+ratios masked/dense (medians over the timed repetitions after warm-up):
+  1. training step (forward + backward + optimizer step)
+  2. all masks of one step, ours against a naive edge-popup (clone, full sort, scatter)
+  3. beam-5 generation through fairseq's SequenceGenerator (fixed output length)
+  4. peak memory of a training step (CUDA: max allocated; CPU: peak RSS of a child process)
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SRC_VOCAB, TGT_VOCAB = 8848, 6632  # IWSLT14 de-en dictionaries (fairseq recipe)
+
+
+def _dictionary_dir():
+    d = tempfile.mkdtemp(prefix="olt-bench-")
+    for lang, size in (("de", SRC_VOCAB), ("en", TGT_VOCAB)):
+        with open(os.path.join(d, f"dict.{lang}.txt"), "w") as f:
+            f.writelines(f"w{i} {size - i}\n" for i in range(size - 4))
+    return d
+
+
+def build_pair(arch, data_dir):
+    """(masked model, dense model, task): same shape, built through fairseq's argument parsing."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from .models.one_layer_transformer import ARCHITECTURES
+
+    embed, ffn, heads, layers, _ = ARCHITECTURES[arch]
+    shape = ["--encoder-embed-dim", embed, "--encoder-ffn-embed-dim", ffn, "--encoder-attention-heads", heads,
+             "--encoder-layers", layers, "--decoder-embed-dim", embed, "--decoder-ffn-embed-dim", ffn,
+             "--decoder-attention-heads", heads, "--decoder-layers", layers,
+             "--share-decoder-input-output-embed", "--dropout", "0.1"]
+    models, task = [], None
+    for a in (arch, "transformer"):
+        parser = options.get_training_parser()
+        args = options.parse_args_and_arch(
+            parser, [data_dir, "--user-dir", os.path.dirname(os.path.abspath(__file__)), "--arch", a,
+                     *map(str, shape)])
+        cfg = convert_namespace_to_omegaconf(args)
+        task = tasks.setup_task(cfg.task)
+        models.append(task.build_model(cfg.model))
+    return models[0], models[1], task
+
+
+def make_batches(n, max_tokens, seed=0, src_len=26, tgt_len=28):
+    g = torch.Generator().manual_seed(seed)
+    bsz = max(1, max_tokens // tgt_len)
+    batches = []
+    for _ in range(n):
+        src = torch.randint(4, SRC_VOCAB, (bsz, src_len), generator=g)
+        src[:, -1] = 2
+        tgt = torch.randint(4, TGT_VOCAB, (bsz, tgt_len), generator=g)
+        prev = torch.cat([torch.full((bsz, 1), 2), tgt[:, :-1]], dim=1)
+        batches.append((src, torch.full((bsz,), src_len), prev, tgt))
+    return batches
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_step(model, optimizer, batch, device, dtype):
+    src, lengths, prev, tgt = (t.to(device) for t in batch)
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        logits, _ = model(src, lengths, prev)
+        loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), tgt.view(-1))
+    loss.backward()
+    optimizer.step()
+
+
+def timed(fn, device):
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def all_masked(model):
+    from .masking import MaskedWeight
+
+    return [m for m in model.modules() if isinstance(m, MaskedWeight) and m.is_masked]
+
+
+def naive_masks(score_tensors, prune_ratio):
+    from .masking import naive_edge_popup_mask
+
+    return [naive_edge_popup_mask(s, prune_ratio) for s in score_tensors]
+
+
+def generation(model, task, src, device, out_len):
+    from fairseq.sequence_generator import SequenceGenerator
+
+    gen = SequenceGenerator([model], task.target_dictionary, beam_size=5, max_len_a=0, max_len_b=out_len,
+                            min_len=out_len)
+    sample = {"net_input": {"src_tokens": src.to(device), "src_lengths": torch.full((src.size(0),), src.size(1),
+                                                                                    device=device)}}
+    return lambda: gen.generate([model], sample)
+
+
+def peak_memory_child(arch, which, max_tokens):
+    """Peak RSS (bytes) that a training step adds to a fresh process (CPU)."""
+    code = ("import resource,sys,json;from one_layer_lottery import bench as b;"
+            f"print('RESULT', json.dumps(b._child_peak({arch!r}, {which!r}, {max_tokens})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.split("RESULT", 1)[1])
+
+
+def _child_peak(arch, which, max_tokens):
+    import resource
+
+    masked, dense, _ = build_pair(arch, _dictionary_dir())
+    model = masked if which == "masked" else dense
+    del masked, dense
+    import gc
+    gc.collect()
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    model.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    for batch in make_batches(2, max_tokens):
+        train_step(model, opt, batch, torch.device("cpu"), torch.float32)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+
+
+def run(args):
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    torch.manual_seed(0)
+    masked, dense, task = build_pair(args.arch, _dictionary_dir())
+    results = {"arch": args.arch, "device": args.device, "dtype": args.dtype, "max_tokens": args.max_tokens,
+               "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        results["gpu"] = torch.cuda.get_device_name()
+
+    # 1. training step
+    batches = make_batches(args.warmup + args.steps, args.max_tokens)
+    times = {"masked": [], "dense": []}
+    for name, model in (("masked", masked), ("dense", dense)):
+        model.to(device).train()
+        model.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    if device.type == "cuda":
+        peaks = {}
+    for i, batch in enumerate(batches):
+        for name, model in (("masked", masked), ("dense", dense)):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t = timed(lambda: train_step(model, model.optimizer, batch, device, dtype), device)
+            if device.type == "cuda":
+                peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated())
+            if i >= args.warmup:
+                times[name].append(t)
+    step = {k: statistics.median(v) for k, v in times.items()}
+    results["train_step_s"] = step
+    results["train_step_ratio"] = step["masked"] / step["dense"]
+
+    # 2. mask computation: all masks of one step, ours vs the naive sort
+    layers = all_masked(masked)
+    scores = [m.score_tensor.detach() for m in layers]
+    ratio = layers[0].mask_config.prune_ratio
+    ours, naive = [], []
+    for _ in range(args.mask_reps + 1):
+        ours.append(timed(lambda: [m.mask() for m in layers], device))
+        naive.append(timed(lambda: naive_masks(scores, ratio), device))
+    mask_t = {"ours": statistics.median(ours[1:]), "naive": statistics.median(naive[1:])}
+    results["mask_s"] = mask_t
+    results["mask_speedup"] = mask_t["naive"] / mask_t["ours"]
+    results["mask_elements"] = sum(s.numel() for s in scores)
+
+    # 3. generation, beam 5, fixed output length
+    src = make_batches(1, args.gen_sentences * 20, seed=1, src_len=20)[0][0]
+    gen_t = {"masked": [], "dense": []}
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        for model in (masked, dense):
+            model.eval()
+        for i in range(args.gen_reps + 1):
+            for name, model in (("masked", masked), ("dense", dense)):
+                t = timed(generation(model, task, src, device, args.gen_len), device)
+                if i > 0:
+                    gen_t[name].append(t)
+    gen = {k: statistics.median(v) for k, v in gen_t.items()}
+    results["generate_s"] = gen
+    results["generate_ratio"] = gen["masked"] / gen["dense"]
+
+    # 4. peak memory of a training step
+    if device.type == "cuda":
+        results["peak_memory_bytes"] = peaks
+    elif not args.skip_memory:
+        results["peak_memory_bytes"] = {w: peak_memory_child(args.arch, w, args.max_tokens)
+                                        for w in ("masked", "dense")}
+    if "peak_memory_bytes" in results:
+        p = results["peak_memory_bytes"]
+        results["peak_memory_ratio"] = p["masked"] / p["dense"]
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="masked vs dense Transformer cost, as ratios")
+    parser.add_argument("--arch", default="one_layer_transformer_iwslt_de_en")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per model")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--mask-reps", type=int, default=3)
+    parser.add_argument("--gen-reps", type=int, default=3)
+    parser.add_argument("--gen-sentences", type=int, default=32)
+    parser.add_argument("--gen-len", type=int, default=20)
+    parser.add_argument("--skip-memory", action="store_true", help="skip the CPU peak-memory child processes")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    r = run(args)
+    print(f"arch={r['arch']} device={r['device']} dtype={r['dtype']} max_tokens={r['max_tokens']} "
+          f"threads={r['threads']}" + (f" gpu={r['gpu']}" if "gpu" in r else ""))
+    print(f"train step   masked/dense = {r['train_step_ratio']:.3f}  "
+          f"({r['train_step_s']['masked']:.3f} s / {r['train_step_s']['dense']:.3f} s)")
+    print(f"mask compute naive/ours   = {r['mask_speedup']:.2f}x  "
+          f"({r['mask_s']['naive']:.3f} s / {r['mask_s']['ours']:.3f} s, {r['mask_elements']:,} scores)")
+    print(f"generation   masked/dense = {r['generate_ratio']:.3f}  "
+          f"({r['generate_s']['masked']:.3f} s / {r['generate_s']['dense']:.3f} s)")
+    if "peak_memory_ratio" in r:
+        p = r["peak_memory_bytes"]
+        print(f"peak memory  masked/dense = {r['peak_memory_ratio']:.3f}  "
+              f"({p['masked'] / 2**20:.0f} MiB / {p['dense'] / 2**20:.0f} MiB)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""Masked layers: a frozen random weight, a score per weight, a straight-through estimator.
+
+A ``RandomWeight`` holds one frozen tensor. A ``MaskedLinear`` / ``MaskedEmbedding`` refers to
+a ``RandomWeight`` that may be shared by many of them (the virtual layers of one physical
+layer) without registering it, so the shared tensor lives once in the state dict, under
+its owner. The module's ``weight`` attribute is the *masked* weight, so code that reads
+``module.weight`` directly (fairseq's attention fast path) sees the mask too.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .init import WeightInit
+from .selection import check_prune_method, check_prune_ratio, select_mask
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """Which weights a mask keeps: see ``selection.select_mask``."""
+
+    method: str = "super_mask"
+    prune_ratio: float = 0.5  # fraction of weights REMOVED
+    threshold: float = 0.0  # for the threshold methods
+
+    def __post_init__(self):
+        check_prune_method(self.method)
+        check_prune_ratio(self.prune_ratio)
+
+    @property
+    def keep_fraction(self) -> float:
+        return 1.0 - self.prune_ratio
+
+
+class RandomWeight(nn.Module):
+    """A frozen random tensor, drawn on CPU from (seed, name): never updated, never in the optimizer."""
+
+    def __init__(self, shape, init: WeightInit, seed: int, name: str):
+        super().__init__()
+        self.init = init
+        self.seed = seed
+        self.name = name
+        self.weight = nn.Parameter(init.sample(shape, seed, name), requires_grad=False)
+
+    def extra_repr(self):
+        return f"{tuple(self.weight.shape)}, init={self.init.method}, name={self.name!r}"
+
+
+class _StraightThroughMask(torch.autograd.Function):
+    """weight * mask, where the mask was selected from the scores.
+
+    Backward: the gradient the mask receives (upstream gradient times weight) is passed
+    straight through the selection step, then through the differentiable part of the rule
+    (|score| for super_mask, sigmoid for sigmoid_threshold) to the scores. Only tensors that
+    already exist (the shared weight, the scores) are saved.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, scores, mask, method):
+        ctx.method = method
+        ctx.save_for_backward(weight, scores)
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        weight, scores = ctx.saved_tensors
+        grad = grad_output * weight
+        if ctx.method == "super_mask":
+            grad = grad * scores.sign()
+        elif ctx.method == "sigmoid_threshold":
+            sig = torch.sigmoid(scores)
+            grad = grad * sig * (1 - sig)
+        return None, grad, None, None
+
+
+def straight_through_mask(weight, scores, mask, method="topk"):
+    """``weight * mask`` with the straight-through gradient to ``scores`` (see above)."""
+    return _StraightThroughMask.apply(weight, scores, mask, method)
+
+
+class _Ref:
+    """Holds a module without registering it as a child (it is registered by its owner)."""
+
+    __slots__ = ("module",)
+
+    def __init__(self, module):
+        self.module = module
+
+
+class MaskedWeight(nn.Module):
+    """Base of the masked layers: ``weight`` is the random weight times the current mask.
+
+    ``random`` is registered here when ``own_random`` is true, otherwise only referenced.
+    ``scores`` is a Parameter (this virtual layer's own), a ``SharedScores`` module
+    (referenced: several layers share one score tensor), or None (a frozen, unmasked weight).
+
+    While training, the mask is selected on every access (scores change every step).
+    Scores are made by the caller (``ScoreInit.sample`` with the virtual layer's own name).
+    While not training, mask and masked weight are computed once and reused until the module
+    trains again, its state is loaded, or it is moved or cast.
+    """
+
+    def __init__(self, random: RandomWeight, mask: MaskConfig, scores=None, own_random: bool = True):
+        super().__init__()
+        self.mask_config = mask
+        if own_random:
+            self.random = random
+        else:
+            self._random = _Ref(random)
+        if isinstance(scores, nn.Parameter) and scores.shape != random.weight.shape:
+            raise ValueError(
+                f"scores of shape {tuple(scores.shape)} do not match weight {random.name!r} "
+                f"of shape {tuple(random.weight.shape)}"
+            )
+        if isinstance(scores, nn.Parameter):
+            self.scores = scores
+        else:
+            self.scores = None
+            self._shared_scores = _Ref(scores) if scores is not None else None
+        self._eval_cache = None
+
+    # -- the tensors ------------------------------------------------------------------
+    @property
+    def random_weight(self) -> torch.Tensor:
+        rnd = self._modules.get("random")
+        return (rnd if rnd is not None else self._random.module).weight
+
+    @property
+    def score_tensor(self) -> Optional[torch.Tensor]:
+        if self.scores is not None:
+            return self.scores
+        shared = getattr(self, "_shared_scores", None)
+        return shared.module.scores if shared is not None else None
+
+    @property
+    def is_masked(self) -> bool:
+        return self.score_tensor is not None
+
+    def mask(self) -> torch.Tensor:
+        """The current boolean mask (all ones for an unmasked weight)."""
+        scores = self.score_tensor
+        if scores is None:
+            return torch.ones_like(self.random_weight, dtype=torch.bool)
+        m = self.mask_config
+        return select_mask(scores.detach(), m.method, m.prune_ratio, m.threshold)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        weight = self.random_weight
+        scores = self.score_tensor
+        if scores is None:
+            return weight
+        if self.training:
+            self._eval_cache = None
+            return straight_through_mask(weight, scores, self.mask(), self.mask_config.method)
+        key = (scores.data_ptr(), scores._version, weight.data_ptr(), weight._version, weight.dtype)
+        if self._eval_cache is None or self._eval_cache[0] != key:
+            with torch.no_grad():
+                self._eval_cache = (key, weight * self.mask())
+        return self._eval_cache[1]
+
+    # -- cache invalidation -----------------------------------------------------------
+    def train(self, mode: bool = True):
+        self._eval_cache = None
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._eval_cache = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._eval_cache = None
+        return super()._load_from_state_dict(*args, **kwargs)
+
+
+class SharedScores(nn.Module):
+    """One score tensor used by several virtual layers (``--share-mask layer_mask``)."""
+
+    def __init__(self, scores: torch.Tensor):
+        super().__init__()
+        self.scores = nn.Parameter(scores)
+
+
+class MaskedLinear(MaskedWeight):
+    """y = x (W * M)^T + b with W frozen random, M selected from trained scores."""
+
+    def __init__(self, random: RandomWeight, mask: MaskConfig, scores=None,
+                 own_random: bool = True, bias: str = "none"):
+        super().__init__(random, mask, scores, own_random)
+        self.out_features, self.in_features = random.weight.shape
+        if bias == "trained":
+            self.bias = nn.Parameter(torch.zeros(self.out_features))
+        elif bias == "zero":
+            # A constant zero bias, for callers that need a bias tensor (fairseq's attention
+            # fast path concatenates the q/k/v biases); not stored in the state dict.
+            self.register_buffer("bias", torch.zeros(self.out_features), persistent=False)
+        elif bias == "none":
+            self.bias = None
+        else:
+            raise ValueError(f"bias must be 'none', 'trained' or 'zero', got {bias!r}")
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return (f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}, "
+                f"masked={self.is_masked}")
+
+
+class MaskedEmbedding(MaskedWeight):
+    """An embedding table whose rows are masked random (or fixed pre-trained) vectors."""
+
+    def __init__(self, random: RandomWeight, mask: MaskConfig, padding_idx: Optional[int],
+                 scores=None, own_random: bool = True):
+        super().__init__(random, mask, scores, own_random)
+        self.num_embeddings, self.embedding_dim = random.weight.shape
+        self.padding_idx = padding_idx
+
+    def forward(self, tokens):
+        return F.embedding(tokens, self.weight, self.padding_idx)
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}, masked={self.is_masked}"
+
+
+class TiedLinear(nn.Module):
+    """Output projection that reuses an embedding's masked weight (same weight AND scores)."""
+
+    def __init__(self, embedding: MaskedEmbedding):
+        super().__init__()
+        self._embedding = _Ref(embedding)
+
+    @property
+    def weight(self):
+        return self._embedding.module.weight
+
+    def forward(self, x):
+        return F.linear(x, self.weight)

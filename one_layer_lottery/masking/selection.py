@@ -1,0 +1,116 @@
+"""Which weights a mask keeps: exact top-k and threshold rules over score tensors.
+
+Pure PyTorch. Every function returns a boolean mask of the scores' shape and never
+touches autograd (the straight-through estimator lives in ``modules.py``).
+"""
+import math
+
+import torch
+
+PRUNE_METHODS = ("super_mask", "topk", "threshold", "sigmoid_threshold")
+
+
+def num_kept(numel: int, prune_ratio: float) -> int:
+    """Weights kept out of ``numel`` when the fraction ``prune_ratio`` is removed.
+
+    Rounded to nearest and clamped to [1, numel], so that a layer never loses every weight.
+    """
+    check_prune_ratio(prune_ratio)
+    return min(numel, max(1, int(round((1.0 - prune_ratio) * numel))))
+
+
+def check_prune_ratio(prune_ratio: float) -> None:
+    if isinstance(prune_ratio, bool) or not (isinstance(prune_ratio, (int, float)) and 0.0 < prune_ratio < 1.0):
+        raise ValueError(
+            f"--prune-ratio must be strictly between 0 and 1 (the fraction of weights REMOVED), "
+            f"got {prune_ratio!r}"
+        )
+
+
+def check_prune_method(method: str) -> None:
+    if method not in PRUNE_METHODS:
+        raise ValueError(
+            f"--prune-method must be one of {', '.join(PRUNE_METHODS)}, got {method!r}"
+        )
+
+
+def topk_mask(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask keeping exactly the ``k`` largest entries of each row of ``values``.
+
+    ``values`` is (rows, n) or (n,). Selection without a full sort: the (n-k)-th smallest
+    value is the threshold (``kthvalue`` on CPU, ``topk(sorted=False)`` on other devices);
+    ties at the threshold are broken by position (lower index kept first), so exactly k
+    survive also with repeated values (constant scores, fp16/bf16 rounding).
+    """
+    squeeze = values.dim() == 1
+    rows = values.unsqueeze(0) if squeeze else values
+    if rows.dim() != 2:
+        raise ValueError(f"topk_mask expects a 1-D or 2-D tensor, got shape {tuple(values.shape)}")
+    n = rows.shape[1]
+    if not 0 < k <= n:
+        raise ValueError(f"topk_mask: k={k} is outside [1, {n}]")
+    if k == n:
+        mask = torch.ones_like(rows, dtype=torch.bool)
+        return mask[0] if squeeze else mask
+    if rows.device.type == "cpu":
+        # (n-k)-th smallest: everything strictly above it is kept (k of them without ties).
+        threshold = rows.kthvalue(n - k, dim=1, keepdim=True).values
+    else:
+        # Smallest of the k largest: everything strictly above it is kept (k-1 without ties).
+        threshold = rows.topk(k, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
+    mask = rows > threshold
+    missing = k - mask.sum(dim=1, keepdim=True)
+    # Fill the rows that are short of k from the entries equal to the threshold, lowest
+    # index first. On CPU only when needed; elsewhere branch-free (no host round-trip).
+    if rows.device.type != "cpu" or bool((missing != 0).any()):
+        ties = rows == threshold
+        rank = ties.to(torch.int32).cumsum(dim=1)
+        mask |= ties & (rank <= missing)
+    return mask[0] if squeeze else mask
+
+
+def select_mask(
+    scores: torch.Tensor,
+    method: str,
+    prune_ratio: float,
+    threshold: float = 0.0,
+) -> torch.Tensor:
+    """Boolean mask of the weights a virtual layer keeps, given its scores.
+
+    ``scores`` may carry leading batch dimensions: for top-k methods the selection is done
+    per entry of dim 0 when ``scores`` is 3-D or more (one call for N virtual layers),
+    over the whole tensor otherwise.
+
+    - ``super_mask``: the (1 - prune_ratio) fraction with the largest |score| (the paper's).
+    - ``topk``: the (1 - prune_ratio) fraction with the largest signed score.
+    - ``threshold``: score > threshold.
+    - ``sigmoid_threshold``: sigmoid(score) > threshold.
+    """
+    check_prune_method(method)
+    with torch.no_grad():
+        if method == "threshold":
+            return scores > threshold
+        if method == "sigmoid_threshold":
+            return torch.sigmoid(scores) > threshold
+        values = scores.abs() if method == "super_mask" else scores
+        batched = scores.dim() >= 3
+        flat = values.reshape(values.shape[0], -1) if batched else values.reshape(-1)
+        k = num_kept(flat.shape[-1], prune_ratio)
+        return topk_mask(flat, k).view(scores.shape)
+
+
+def naive_edge_popup_mask(scores: torch.Tensor, prune_ratio: float) -> torch.Tensor:
+    """The reference algorithm: clone, full sort of |scores|, scatter into a float mask.
+
+    The authors' implementation; used by tests and the benchmark as the ground truth.
+    Ties are broken by position like ``topk_mask`` (stable sort).
+    """
+    flat = scores.detach().abs().flatten().clone()
+    n = flat.numel()
+    # Ascending by value, descending by index among ties: sort the reversed tensor stably.
+    _, rev_idx = flat.flip(0).sort(stable=True)
+    order = n - 1 - rev_idx
+    removed = n - num_kept(n, prune_ratio)
+    mask = torch.ones_like(flat)
+    mask[order[:removed]] = 0
+    return mask.view(scores.shape)

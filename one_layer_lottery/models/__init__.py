@@ -1,0 +1,1 @@
+from .one_layer_transformer import OneLayerTransformerModel  # noqa: F401

@@ -1,0 +1,142 @@
+"""Exact top-k selection and the straight-through estimator (pure PyTorch)."""
+import pytest
+import torch
+
+from one_layer_lottery.masking import (
+    MaskConfig, MaskedLinear, RandomWeight, WeightInit, naive_edge_popup_mask, num_kept, select_mask,
+    straight_through_mask, topk_mask,
+)
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("prune_ratio", [0.01, 0.3, 0.5, 0.9, 0.99])
+def test_super_mask_keeps_exactly_k_and_matches_the_sorting_reference(dtype, prune_ratio):
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(96, 80, generator=g).to(dtype)
+    mask = select_mask(scores, "super_mask", prune_ratio)
+    assert mask.dtype == torch.bool
+    assert int(mask.sum()) == num_kept(scores.numel(), prune_ratio)
+    assert torch.equal(mask, naive_edge_popup_mask(scores, prune_ratio).bool())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ties_still_keep_exactly_k_lowest_index_first(dtype):
+    scores = torch.zeros(10, 10, dtype=dtype)  # every score tied
+    mask = select_mask(scores, "super_mask", 0.3)
+    assert int(mask.sum()) == 70
+    assert mask.flatten()[:70].all() and not mask.flatten()[70:].any()
+    few_values = torch.randint(0, 3, (50, 40), generator=torch.Generator().manual_seed(1)).to(dtype)
+    for ratio in (0.2, 0.5, 0.77):
+        m = select_mask(few_values, "super_mask", ratio)
+        assert int(m.sum()) == num_kept(2000, ratio)
+        assert torch.equal(m, naive_edge_popup_mask(few_values, ratio).bool())
+
+
+def test_batched_selection_equals_per_layer_selection():
+    scores = torch.randn(6, 30, 20)
+    batched = select_mask(scores, "super_mask", 0.5)
+    for i in range(6):
+        assert torch.equal(batched[i], select_mask(scores[i], "super_mask", 0.5))
+        assert int(batched[i].sum()) == 300
+
+
+def test_topk_uses_signed_scores_and_thresholds_compare():
+    scores = torch.tensor([[-5.0, -1.0], [0.5, 2.0]])
+    assert select_mask(scores, "topk", 0.5).tolist() == [[False, False], [True, True]]
+    assert select_mask(scores, "super_mask", 0.5).tolist() == [[True, False], [False, True]]
+    assert select_mask(scores, "threshold", 0.5, threshold=0.0).tolist() == [[False, False], [True, True]]
+    assert select_mask(scores, "sigmoid_threshold", 0.5, threshold=0.6).tolist() == [[False, False],
+                                                                                     [True, True]]
+
+
+def test_topk_mask_rejects_bad_k():
+    with pytest.raises(ValueError, match="outside"):
+        topk_mask(torch.randn(10), 0)
+    assert topk_mask(torch.randn(10), 10).all()
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, -0.1, "0.5"])
+def test_prune_ratio_outside_open_interval_is_refused(bad):
+    with pytest.raises(ValueError, match="prune-ratio"):
+        MaskConfig(prune_ratio=bad)
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="prune-method"):
+        MaskConfig(method="magnitude")
+
+
+@pytest.mark.parametrize("method", ["super_mask", "topk", "threshold", "sigmoid_threshold"])
+def test_straight_through_gradient_is_the_upstream_gradient(method):
+    """The selection step passes d(loss)/d(mask) unchanged; only the rule's own smooth part
+    (|s| for super_mask, sigmoid for sigmoid_threshold) adds its derivative."""
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(7, 5, generator=g)
+    scores = torch.randn(7, 5, generator=g, requires_grad=True)
+    x = torch.randn(4, 5, generator=g)
+    mask = select_mask(scores, method, 0.5)
+    (x @ straight_through_mask(weight, scores, mask, method).t()).pow(2).sum().backward()
+
+    float_mask = mask.float().requires_grad_()
+    (x @ (weight * float_mask).t()).pow(2).sum().backward()
+    upstream = float_mask.grad
+    s = scores.detach()
+    expected = {"super_mask": upstream * s.sign(), "topk": upstream, "threshold": upstream,
+                "sigmoid_threshold": upstream * torch.sigmoid(s) * (1 - torch.sigmoid(s))}[method]
+    assert torch.allclose(scores.grad, expected, rtol=1e-6, atol=1e-6)
+    assert scores.grad.abs().sum() > 0
+
+
+def test_masked_linear_forward_and_gradients_match_the_naive_reference():
+    rw = RandomWeight((16, 12), WeightInit(), seed=5, name="fc")
+    scores = torch.nn.Parameter(torch.randn(16, 12))
+    layer = MaskedLinear(rw, MaskConfig(prune_ratio=0.4), scores)
+    x = torch.randn(3, 12)
+    layer(x).sum().backward()
+
+    ref_scores = scores.detach().clone().requires_grad_()
+
+    class Naive(torch.autograd.Function):  # the authors' GetSubnet: float mask, STE backward
+        @staticmethod
+        def forward(ctx, s):
+            return naive_edge_popup_mask(s, 0.4)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
+    y = x @ (rw.weight * Naive.apply(ref_scores.abs())).t()
+    y.sum().backward()
+    assert torch.allclose(layer(x), y)
+    assert torch.allclose(scores.grad, ref_scores.grad)
+    assert rw.weight.grad is None and not rw.weight.requires_grad
+
+
+def test_eval_mode_computes_the_mask_once_and_recomputes_after_changes(monkeypatch):
+    import one_layer_lottery.masking.modules as modules
+
+    calls = []
+    real = modules.select_mask
+    monkeypatch.setattr(modules, "select_mask", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rw = RandomWeight((8, 8), WeightInit(), seed=1, name="w")
+    layer = MaskedLinear(rw, MaskConfig(), torch.nn.Parameter(torch.randn(8, 8)))
+    layer.eval()
+    first = layer.weight
+    assert layer.weight is first and layer.weight is first
+    assert len(calls) == 1
+    layer.train()
+    layer.weight
+    layer.weight
+    assert len(calls) == 3  # every access while training
+    layer.eval()
+    layer.weight
+    layer.load_state_dict({"scores": -layer.scores.detach(), "random.weight": rw.weight.detach().clone()})
+    after_load = layer.weight
+    assert len(calls) == 5
+    assert torch.equal(after_load != 0, select_mask(-layer.scores.detach(), "super_mask", 0.5) & (rw.weight != 0))
+    with torch.no_grad():
+        layer.scores.mul_(-1)  # in-place edit in eval mode is noticed too
+    layer.weight
+    assert len(calls) == 6
