@@ -34,8 +34,9 @@ def _dictionary_dir():
     return d
 
 
-def build_pair(arch, data_dir):
-    """(masked model, dense model, task): same shape, built through fairseq's argument parsing."""
+def build(which, arch, data_dir):
+    """(model, task): the masked ``arch`` or fairseq's dense ``transformer`` of the same shape,
+    built through fairseq's argument parsing as fairseq-train does."""
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
@@ -46,16 +47,13 @@ def build_pair(arch, data_dir):
              "--encoder-layers", layers, "--decoder-embed-dim", embed, "--decoder-ffn-embed-dim", ffn,
              "--decoder-attention-heads", heads, "--decoder-layers", layers,
              "--share-decoder-input-output-embed", "--dropout", "0.1"]
-    models, task = [], None
-    for a in (arch, "transformer"):
-        parser = options.get_training_parser()
-        args = options.parse_args_and_arch(
-            parser, [data_dir, "--user-dir", os.path.dirname(os.path.abspath(__file__)), "--arch", a,
-                     *map(str, shape)])
-        cfg = convert_namespace_to_omegaconf(args)
-        task = tasks.setup_task(cfg.task)
-        models.append(task.build_model(cfg.model))
-    return models[0], models[1], task
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(
+        parser, [data_dir, "--user-dir", os.path.dirname(os.path.abspath(__file__)),
+                 "--arch", arch if which == "masked" else "transformer", *map(str, shape)])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    return task.build_model(cfg.model), task
 
 
 def make_batches(n, max_tokens, seed=0, src_len=26, tgt_len=28):
@@ -127,15 +125,11 @@ def peak_memory_child(arch, which, max_tokens):
 def _child_peak(arch, which, max_tokens):
     import resource
 
-    masked, dense, _ = build_pair(arch, _dictionary_dir())
-    model = masked if which == "masked" else dense
-    del masked, dense
-    import gc
-    gc.collect()
+    model, _ = build(which, arch, _dictionary_dir())
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     model.train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    for batch in make_batches(2, max_tokens):
+    for batch in make_batches(1, max_tokens):
         train_step(model, opt, batch, torch.device("cpu"), torch.float32)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
 
@@ -144,7 +138,9 @@ def run(args):
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     torch.manual_seed(0)
-    masked, dense, task = build_pair(args.arch, _dictionary_dir())
+    data_dir = _dictionary_dir()
+    masked, task = build("masked", args.arch, data_dir)
+    dense, _ = build("dense", args.arch, data_dir)
     results = {"arch": args.arch, "device": args.device, "dtype": args.dtype, "max_tokens": args.max_tokens,
                "threads": torch.get_num_threads()}
     if device.type == "cuda":
@@ -217,10 +213,10 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--max-tokens", type=int, default=4096)
-    parser.add_argument("--steps", type=int, default=5, help="timed training steps per model")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per model")
+    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--mask-reps", type=int, default=3)
-    parser.add_argument("--gen-reps", type=int, default=3)
+    parser.add_argument("--gen-reps", type=int, default=2)
     parser.add_argument("--gen-sentences", type=int, default=32)
     parser.add_argument("--gen-len", type=int, default=20)
     parser.add_argument("--skip-memory", action="store_true", help="skip the CPU peak-memory child processes")

@@ -134,18 +134,25 @@ def apply_layernorm_type(module: nn.Module, kind: str) -> None:
             child.requires_grad_(False)
 
 
-class OneLayerTransformerEncoderLayer(TransformerEncoderLayerBase):
-    def __init__(self, cfg, builder: LayerBuilder):
-        self._builder = builder  # a plain object: read by the build hooks during __init__
-        super().__init__(cfg)
-        del self._builder
-        apply_layernorm_type(self, builder.shared.opts.layernorm_type)
+class _MaskedFeedForward:
+    """fairseq's FFN builder hooks, returning masked layers from the layer's builder.
+
+    ``self._builder`` (a plain object) is set before fairseq's layer ``__init__`` runs the hooks.
+    """
 
     def build_fc1(self, input_dim, output_dim, q_noise, qn_block_size):
         return self._builder.fc("fc1", input_dim, output_dim)
 
     def build_fc2(self, input_dim, output_dim, q_noise, qn_block_size):
         return self._builder.fc("fc2", input_dim, output_dim)
+
+
+class OneLayerTransformerEncoderLayer(_MaskedFeedForward, TransformerEncoderLayerBase):
+    def __init__(self, cfg, builder: LayerBuilder):
+        self._builder = builder
+        super().__init__(cfg)
+        del self._builder
+        apply_layernorm_type(self, builder.shared.opts.layernorm_type)
 
     def build_self_attention(self, embed_dim, cfg):
         return self._builder.attention(
@@ -153,18 +160,12 @@ class OneLayerTransformerEncoderLayer(TransformerEncoderLayerBase):
             self_attention=True)
 
 
-class OneLayerTransformerDecoderLayer(TransformerDecoderLayerBase):
+class OneLayerTransformerDecoderLayer(_MaskedFeedForward, TransformerDecoderLayerBase):
     def __init__(self, cfg, builder: LayerBuilder, no_encoder_attn=False):
         self._builder = builder
         super().__init__(cfg, no_encoder_attn)
         del self._builder
         apply_layernorm_type(self, builder.shared.opts.layernorm_type)
-
-    def build_fc1(self, input_dim, output_dim, q_noise, qn_block_size):
-        return self._builder.fc("fc1", input_dim, output_dim)
-
-    def build_fc2(self, input_dim, output_dim, q_noise, qn_block_size):
-        return self._builder.fc("fc2", input_dim, output_dim)
 
     def build_self_attention(self, embed_dim, cfg, add_bias_kv=False, add_zero_attn=False):
         return self._builder.attention(
