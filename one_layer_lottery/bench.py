@@ -49,7 +49,8 @@ def build(which, arch, data_dir):
              "--share-decoder-input-output-embed", "--dropout", "0.1"]
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(
-        parser, [data_dir, "--user-dir", os.path.dirname(os.path.abspath(__file__)),
+        parser, [data_dir, "--source-lang", "de", "--target-lang", "en",
+                 "--user-dir", os.path.dirname(os.path.abspath(__file__)),
                  "--arch", arch if which == "masked" else "transformer", *map(str, shape)])
     cfg = convert_namespace_to_omegaconf(args)
     task = tasks.setup_task(cfg.task)
@@ -122,16 +123,23 @@ def peak_memory_child(arch, which, max_tokens):
     return json.loads(out.split("RESULT", 1)[1])
 
 
-def _child_peak(arch, which, max_tokens):
-    import resource
+def _vm_bytes(field):
+    # From /proc: unlike getrusage's ru_maxrss, VmHWM is not inherited from the parent process.
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
+
+def _child_peak(arch, which, max_tokens):
     model, _ = build(which, arch, _dictionary_dir())
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = _vm_bytes("VmHWM")
     model.train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     for batch in make_batches(1, max_tokens):
         train_step(model, opt, batch, torch.device("cpu"), torch.float32)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return _vm_bytes("VmHWM") - base
 
 
 def run(args):

@@ -140,3 +140,15 @@ def test_eval_mode_computes_the_mask_once_and_recomputes_after_changes(monkeypat
         layer.scores.mul_(-1)  # in-place edit in eval mode is noticed too
     layer.weight
     assert len(calls) == 6
+
+
+@pytest.mark.parametrize("kind", ["normal", "few_values", "bf16", "sorted"])
+def test_narrowed_kth_smallest_is_exact(kind):
+    from one_layer_lottery.masking.selection import kth_smallest
+
+    g = torch.Generator().manual_seed(11)
+    n = 200_003
+    x = {"normal": torch.randn(n, generator=g), "few_values": torch.randint(0, 4, (n,), generator=g).float(),
+         "bf16": torch.randn(n, generator=g).bfloat16(), "sorted": torch.arange(n).float()}[kind].abs()
+    for j in (1, 2, n // 10, n // 2, n - 5, n):
+        assert torch.equal(kth_smallest(x, j), x.kthvalue(j).values)

@@ -68,7 +68,7 @@ class _StraightThroughMask(torch.autograd.Function):
         weight, scores = ctx.saved_tensors
         grad = grad_output * weight
         if ctx.method == "super_mask":
-            grad = grad * scores.sign()
+            grad.mul_(scores.sign())
         elif ctx.method == "sigmoid_threshold":
             sig = torch.sigmoid(scores)
             grad = grad * sig * (1 - sig)
@@ -78,6 +78,14 @@ class _StraightThroughMask(torch.autograd.Function):
 def straight_through_mask(weight, scores, mask, method="topk"):
     """``weight * mask`` with the straight-through gradient to ``scores`` (see above)."""
     return _StraightThroughMask.apply(weight, scores, mask, method)
+
+
+def _linear(x, weight, bias=None):
+    # One matrix multiply over all leading dims. torch's matmul folds them by itself only when
+    # the weight requires grad; with a frozen or cached weight and a transposed input (fairseq's
+    # decoder output) it would broadcast the weight into a batched multiply, several times slower.
+    out = F.linear(x.reshape(-1, x.shape[-1]), weight, bias)
+    return out.view(*x.shape[:-1], out.shape[-1])
 
 
 class _Ref:
@@ -163,7 +171,8 @@ class MaskedWeight(nn.Module):
 
     # -- cache invalidation -----------------------------------------------------------
     def train(self, mode: bool = True):
-        self._eval_cache = None
+        if mode:  # eval() -> eval() keeps the cache (fairseq's generator calls eval() again)
+            self._eval_cache = None
         return super().train(mode)
 
     def _apply(self, fn, *args, **kwargs):
@@ -202,7 +211,7 @@ class MaskedLinear(MaskedWeight):
             raise ValueError(f"bias must be 'none', 'trained' or 'zero', got {bias!r}")
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+        return _linear(x, self.weight, self.bias)
 
     def extra_repr(self):
         return (f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}, "
@@ -237,4 +246,4 @@ class TiedLinear(nn.Module):
         return self._embedding.module.weight
 
     def forward(self, x):
-        return F.linear(x, self.weight)
+        return _linear(x, self.weight)
