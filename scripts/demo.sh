@@ -27,7 +27,8 @@ rm -rf "$work/checkpoints"
   || { tail -n 30 "$work/train.log" >&2; exit 1; }
 
 "$bin/fairseq-generate" "$work/data-bin" --user-dir "$root/one_layer_lottery" \
-  --path "$work/checkpoints/checkpoint_last.pt" --beam 5 --batch-size 128 > "$work/generate.log" 2>&1 \
+  --path "$work/checkpoints/checkpoint_last.pt" --beam 5 --batch-size 128 \
+  --required-batch-size-multiple 1 > "$work/generate.log" 2>&1 \
   || { tail -n 30 "$work/generate.log" >&2; exit 1; }
 
 grep -E "^Generate test" "$work/generate.log"

@@ -38,7 +38,7 @@ mkdir -p "$out"
   "$@" > "$out/train.log" 2>&1 || { tail -n 30 "$out/train.log" >&2; exit 1; }
 
 "$bin/fairseq-generate" "$data" --user-dir "$root/one_layer_lottery" --path "$out/checkpoints/checkpoint_best.pt" \
-  --gen-subset test --beam 5 --batch-size 128 --remove-bpe sentencepiece > "$out/generate.log" 2>&1
+  --gen-subset test --beam 5 --batch-size 128 --required-batch-size-multiple 1 --remove-bpe sentencepiece > "$out/generate.log" 2>&1
 grep ^H- "$out/generate.log" | sort -t- -k2 -n | cut -f3 > "$out/hyp.txt"
 grep ^T- "$out/generate.log" | sort -t- -k2 -n | cut -f2 > "$out/ref.txt"
 echo "$model: $(grep -E '^Generate test' "$out/generate.log")"
