@@ -5,6 +5,7 @@ numbers separated by spaces. Every problem is reported with the file and line nu
 Memory is bounded by the dictionary, not by the header's count.
 """
 import math
+import os
 from typing import Dict, List, Tuple
 
 import torch
@@ -87,7 +88,13 @@ def write_embeddings(path: str, tokens: List[str], weight: torch.Tensor) -> None
     """Write ``weight`` (one row per token) in the format ``read_embeddings`` reads."""
     if weight.dim() != 2 or weight.shape[0] != len(tokens):
         raise ValueError(f"{len(tokens)} tokens but a weight of shape {tuple(weight.shape)}")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(f"{weight.shape[0]} {weight.shape[1]}\n")
-        for tok, row in zip(tokens, weight.tolist()):
-            f.write(tok + " " + " ".join(repr(float(v)) for v in row) + "\n")
+    tmp = f"{path}.tmp{os.getpid()}"  # a failed write leaves any existing file untouched
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(f"{weight.shape[0]} {weight.shape[1]}\n")
+            for tok, row in zip(tokens, weight.tolist()):
+                f.write(tok + " " + " ".join(repr(float(v)) for v in row) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
