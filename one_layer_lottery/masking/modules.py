@@ -101,11 +101,11 @@ class MaskedWeight(nn.Module):
     """Base of the masked layers: ``weight`` is the random weight times the current mask.
 
     ``random`` is registered here when ``own_random`` is true, otherwise only referenced.
-    ``scores`` is a Parameter (this virtual layer's own), a ``SharedScores`` module
-    (referenced: several layers share one score tensor), or None (a frozen, unmasked weight).
+    ``scores`` is a Parameter (this virtual layer's own, made by the caller with
+    ``ScoreInit.sample`` under the layer's name), a ``SharedScores`` module (referenced: several
+    layers share one score tensor), or None (a frozen, unmasked weight).
 
     While training, the mask is selected on every access (scores change every step).
-    Scores are made by the caller (``ScoreInit.sample`` with the virtual layer's own name).
     While not training, mask and masked weight are computed once and reused until the module
     trains again, its state is loaded, or it is moved or cast.
     """
