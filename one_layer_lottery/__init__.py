@@ -4,3 +4,4 @@ Use with ``--user-dir path/to/one_layer_lottery``. ``one_layer_lottery.masking``
 """
 from . import safe_load  # noqa: F401  (allow-lists the types fairseq checkpoints hold)
 from . import models  # noqa: F401
+from . import checkpoint_io  # noqa: F401  (atomic checkpoint copies, see the module)

@@ -162,8 +162,9 @@ def run(args):
         model.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     if device.type == "cuda":
         peaks = {}
+    pair = (("masked", masked), ("dense", dense))
     for i, batch in enumerate(batches):
-        for name, model in (("masked", masked), ("dense", dense)):
+        for name, model in pair if i % 2 == 0 else pair[::-1]:  # alternate who runs first
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             t = timed(lambda: train_step(model, model.optimizer, batch, device, dtype), device)
@@ -195,7 +196,7 @@ def run(args):
         for model in (masked, dense):
             model.eval()
         for i in range(args.gen_reps + 1):
-            for name, model in (("masked", masked), ("dense", dense)):
+            for name, model in pair if i % 2 == 0 else pair[::-1]:
                 t = timed(generation(model, task, src, device, args.gen_len), device)
                 if i > 0:
                     gen_t[name].append(t)
@@ -221,10 +222,10 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--max-tokens", type=int, default=4096)
-    parser.add_argument("--steps", type=int, default=3, help="timed training steps per model")
+    parser.add_argument("--steps", type=int, default=4, help="timed training steps per model")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--mask-reps", type=int, default=3)
-    parser.add_argument("--gen-reps", type=int, default=2)
+    parser.add_argument("--mask-reps", type=int, default=2)
+    parser.add_argument("--gen-reps", type=int, default=3)
     parser.add_argument("--gen-sentences", type=int, default=32)
     parser.add_argument("--gen-len", type=int, default=20)
     parser.add_argument("--skip-memory", action="store_true", help="skip the CPU peak-memory child processes")

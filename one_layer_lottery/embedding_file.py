@@ -6,9 +6,13 @@ Memory is bounded by the dictionary, not by the header's count.
 """
 import math
 import os
+import re
 from typing import Dict, List, Tuple
 
 import torch
+
+
+_DIGITS = re.compile(r"[0-9]+")
 
 
 class EmbeddingFileError(ValueError):
@@ -32,13 +36,16 @@ def read_embeddings(path: str, expected_dim: int, vocab: Dict[str, int], flag: s
         if header is None:
             raise EmbeddingFileError(f"{where}: the file is empty (expected a header '<count> <dim>')")
         parts = header.split()
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        # ASCII digits only: str.isdigit() also accepts e.g. superscripts, which int() refuses.
+        if len(parts) != 2 or not all(_DIGITS.fullmatch(p) for p in parts):
             raise EmbeddingFileError(f"{where}, line 1: expected a header '<count> <dim>', got {header[:80]!r}")
+        if any(len(p) > 18 for p in parts):  # int() refuses very long numbers; none is that large
+            raise EmbeddingFileError(f"{where}, line 1: the header's numbers are implausibly large: {header[:80]!r}")
         count, dim = int(parts[0]), int(parts[1])
         if dim != expected_dim:
             raise EmbeddingFileError(
                 f"{where}, line 1: the file's vectors have dimension {dim}, the model's embedding has {expected_dim}")
-        lineno, seen = 1, 0
+        lineno, seen, found = 1, 0, {}
         while True:
             lineno += 1
             line = _line(f, where, lineno, max_line_bytes)
@@ -56,6 +63,10 @@ def read_embeddings(path: str, expected_dim: int, vocab: Dict[str, int], flag: s
             idx = vocab.get(parts[0])
             if idx is None:
                 continue
+            if idx in found:  # also keeps memory bounded by the dictionary
+                raise EmbeddingFileError(
+                    f"{where}, line {lineno}: token {parts[0][:80]!r} already has a vector (line {found[idx]})")
+            found[idx] = lineno
             try:
                 values = [float(x) for x in parts[1:]]
             except ValueError:

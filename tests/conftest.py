@@ -57,3 +57,63 @@ def build(data_dir, *flags, arch="one_layer_transformer_iwslt_de_en"):
 
 SMALL = ("--encoder-embed-dim", 32, "--encoder-ffn-embed-dim", 64, "--encoder-layers", 3,
          "--decoder-layers", 2, "--encoder-attention-heads", 4, "--decoder-attention-heads", 4)
+
+
+def train_in_process(data_dir, *flags, updates=3, configure=None, arch="one_layer_transformer_iwslt_de_en"):
+    """A fairseq Trainer built as fairseq-train builds it (CPU), after ``updates`` real updates.
+
+    ``configure(cfg)`` may change the parsed config before the trainer is built (e.g. to set
+    ``common.bf16`` without the ``--tpu`` that fairseq's argparse path attaches to ``--bf16``).
+    Returns (trainer, the logging outputs of each update).
+    """
+    from fairseq.trainer import Trainer
+
+    base = ("--cpu", "--optimizer", "adam", "--lr", "5e-3", "--max-tokens", "1000", "--num-workers", "0")
+    model, task, cfg = build(data_dir, *base, *flags, arch=arch)
+    if configure is not None:
+        configure(cfg)
+    trainer = Trainer(cfg, task, model, task.build_criterion(cfg.criterion))
+    batches = trainer.get_train_iterator(epoch=1).next_epoch_itr(shuffle=True)
+    logs = []
+    for _, sample in zip(range(updates), batches):
+        logs.append(trainer.train_step([sample]))
+    return trainer, logs
+
+
+# A small one_layer_transformer for the subnetwork tests (compact / dense export, analytics).
+TINY = ("--encoder-embed-dim", 64, "--encoder-ffn-embed-dim", 128, "--encoder-layers", 2, "--decoder-layers", 2,
+        "--encoder-attention-heads", 4, "--decoder-attention-heads", 4, "--share-decoder-input-output-embed",
+        "--seed", 3)
+
+
+@pytest.fixture(scope="session")
+def trained_sample(sample_bin, tmp_path_factory):
+    """TINY trained 30 real updates on the sample corpus by fairseq-train, with --tensorboard-logdir
+    and mask statistics every 10 updates. Attributes: data, checkpoint, tensorboard, log."""
+    from types import SimpleNamespace
+
+    out = tmp_path_factory.mktemp("trained-sample")
+    proc = run_cli("fairseq-train", sample_bin, "--user-dir", USER_DIR, "--arch", "one_layer_transformer_iwslt_de_en",
+                   *TINY, "--optimizer", "adam", "--lr", 5e-3, "--max-tokens", 2000, "--max-update", 30,
+                   "--save-dir", out / "ckpt", "--no-epoch-checkpoints", "--log-format", "simple",
+                   "--log-interval", 10, "--mask-log-interval", 10, "--tensorboard-logdir", out / "tb",
+                   "--num-workers", 0)
+    return SimpleNamespace(data=sample_bin, checkpoint=out / "ckpt" / "checkpoint_last.pt", tensorboard=out / "tb",
+                           log=proc.stdout + proc.stderr)
+
+
+GENERATE = ("--beam", 5, "--batch-size", 128, "--max-len-b", 30, "--required-batch-size-multiple", 1)
+
+
+def hypotheses(stdout):
+    """{sentence id: line} of the H- lines of fairseq-generate / fairseq-interactive output."""
+    import re
+
+    return {int(m.group(1)): m.group(0) for m in re.finditer(r"^H-(\d+)\t.*$", stdout, flags=re.M)}
+
+
+@pytest.fixture(scope="session")
+def trained_sample_generate(trained_sample):
+    """fairseq-generate's stdout for trained_sample's checkpoint (test set, beam 5, --user-dir)."""
+    return run_cli("fairseq-generate", trained_sample.data, "--user-dir", USER_DIR,
+                   "--path", trained_sample.checkpoint, *GENERATE).stdout

@@ -217,6 +217,34 @@ def test_share_all_embeddings_with_a_joined_dictionary(sample_bin_joined):
     assert model.decoder.output_projection.weight.data_ptr() != 0
 
 
+
+def test_shared_embedding_is_masked_once_per_training_forward(sample_bin_joined, monkeypatch):
+    import one_layer_lottery.masking.modules as modules
+    from fairseq.models.transformer import TransformerModelBase
+
+    model, _, _ = build(sample_bin_joined, *SMALL, "--share-all-embeddings", "--dropout", 0)
+    model.train()
+    emb = model.encoder.embed_tokens
+    src = torch.tensor([[5, 6, 7, 2], [8, 9, 10, 2]])
+    prev = torch.tensor([[2, 11, 12], [2, 13, 14]])
+
+    def scores_grad(forward):
+        model.zero_grad(set_to_none=True)
+        forward(model, src, torch.tensor([4, 4]), prev)[0].logsumexp(-1).sum().backward()
+        return emb.scores.grad.clone()
+
+    calls = []
+    real = modules.select_mask
+    monkeypatch.setattr(modules, "select_mask", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    pinned = scores_grad(type(model).forward)
+    assert calls.count(emb.scores.shape) == 1  # encoder input, decoder input and output: one mask
+    calls.clear()
+    unpinned = scores_grad(TransformerModelBase.forward)  # fairseq's forward: one mask per use
+    assert calls.count(emb.scores.shape) == 3
+    assert torch.allclose(pinned, unpinned, rtol=1e-5, atol=1e-7)
+    assert pinned.abs().sum() > 0
+    assert emb._pinned is None  # nothing kept alive after the step
+
 def test_embedding_file_errors_name_the_line(sample_bin, tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("2 32\nder " + " ".join(["0.1"] * 32) + "\ndie " + " ".join(["0.1"] * 31) + "\n")

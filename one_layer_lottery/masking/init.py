@@ -26,6 +26,9 @@ MASK_INITS = ("standard", "constant", "constant_noisy")
 
 # Gain of the ReLU nonlinearity, as edge-popup uses for every masked layer.
 _RELU_GAIN = math.sqrt(2.0)
+# Explicit, so that neither torch.set_default_device / a device context nor
+# torch.set_default_dtype changes the drawn values (they are moved afterwards).
+_CPU_FP32 = {"dtype": torch.float32, "device": "cpu"}
 
 
 def derive_seed(seed: int, name: str) -> int:
@@ -48,7 +51,7 @@ def _fans(shape: Tuple[int, ...]) -> Tuple[int, int]:
 
 
 def _signs(shape, gen):
-    return torch.randint(0, 2, shape, generator=gen).float().mul_(2).sub_(1)
+    return torch.randint(0, 2, shape, generator=gen, device="cpu").float().mul_(2).sub_(1)
 
 
 @dataclass(frozen=True)
@@ -79,23 +82,23 @@ class WeightInit:
         m = self.method
         if m == "kaiming_uniform":
             bound = self.gain * math.sqrt(3.0 / fan_in)
-            return torch.empty(shape).uniform_(-bound, bound, generator=gen)
+            return torch.empty(shape, **_CPU_FP32).uniform_(-bound, bound, generator=gen)
         if m == "kaiming_normal":
-            return torch.empty(shape).normal_(0.0, self.gain / math.sqrt(fan_in), generator=gen)
+            return torch.empty(shape, **_CPU_FP32).normal_(0.0, self.gain / math.sqrt(fan_in), generator=gen)
         if m == "signed_constant":
             return _signs(shape, gen).mul_(self.gain / math.sqrt(fan_in))
         if m == "unsigned_constant":
-            return torch.full(shape, self.gain / math.sqrt(fan_in))
+            return torch.full(shape, self.gain / math.sqrt(fan_in), **_CPU_FP32)
         if m == "xavier_normal":
-            return torch.empty(shape).normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)), generator=gen)
+            return torch.empty(shape, **_CPU_FP32).normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)), generator=gen)
         if m == "xavier_constant":
             return _signs(shape, gen).mul_(math.sqrt(2.0 / (fan_in + fan_out)))
         if m == "xavier_uniform":
             bound = self.gain * math.sqrt(6.0 / (fan_in + fan_out))
-            return torch.empty(shape).uniform_(-bound, bound, generator=gen)
+            return torch.empty(shape, **_CPU_FP32).uniform_(-bound, bound, generator=gen)
         # "standard": torch's nn.Linear default, kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)).
         bound = 1.0 / math.sqrt(fan_in)
-        return torch.empty(shape).uniform_(-bound, bound, generator=gen)
+        return torch.empty(shape, **_CPU_FP32).uniform_(-bound, bound, generator=gen)
 
 
 def attention_init(base: WeightInit, attention: str, projection: str) -> WeightInit:
@@ -129,10 +132,10 @@ class ScoreInit:
         shape = tuple(int(s) for s in shape)
         gen = generator_for(seed, name + "#scores")
         if self.method == "constant":
-            return torch.full(shape, float(self.constant))
+            return torch.full(shape, float(self.constant), **_CPU_FP32)
         if self.method == "constant_noisy":
             # 1% relative noise breaks the ties of a constant start.
-            noise = torch.empty(shape).normal_(0.0, 1.0, generator=gen)
+            noise = torch.empty(shape, **_CPU_FP32).normal_(0.0, 1.0, generator=gen)
             return noise.mul_(0.01 * max(abs(self.constant), 1e-3)).add_(self.constant)
         bound = 1.0 / math.sqrt(_fans(shape)[0])
-        return torch.empty(shape).uniform_(-bound, bound, generator=gen)
+        return torch.empty(shape, **_CPU_FP32).uniform_(-bound, bound, generator=gen)

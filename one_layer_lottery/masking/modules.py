@@ -6,6 +6,7 @@ layer) without registering it, so the shared tensor lives once in the state dict
 its owner. The module's ``weight`` attribute is the *masked* weight, so code that reads
 ``module.weight`` directly (fairseq's attention fast path) sees the mask too.
 """
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -61,7 +62,7 @@ class _StraightThroughMask(torch.autograd.Function):
     def forward(ctx, weight, scores, mask, method):
         ctx.method = method
         ctx.save_for_backward(weight, scores)
-        return weight * mask
+        return _apply_mask(weight, mask)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -73,6 +74,11 @@ class _StraightThroughMask(torch.autograd.Function):
             sig = torch.sigmoid(scores)
             grad = grad * sig * (1 - sig)
         return None, grad, None, None
+
+
+def _apply_mask(weight, mask):
+    # One pass, no float copy of the boolean mask (weight * mask would make one).
+    return torch.where(mask, weight, weight.new_zeros(()))
 
 
 def straight_through_mask(weight, scores, mask, method="topk"):
@@ -128,6 +134,7 @@ class MaskedWeight(nn.Module):
             self.scores = None
             self._shared_scores = _Ref(scores) if scores is not None else None
         self._eval_cache = None
+        self._pinned = None
 
     # -- the tensors ------------------------------------------------------------------
     @property
@@ -156,6 +163,8 @@ class MaskedWeight(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
+        if self._pinned is not None:
+            return self._pinned
         weight = self.random_weight
         scores = self.score_tensor
         if scores is None:
@@ -166,8 +175,21 @@ class MaskedWeight(nn.Module):
         key = (scores.data_ptr(), scores._version, weight.data_ptr(), weight._version, weight.dtype)
         if self._eval_cache is None or self._eval_cache[0] != key:
             with torch.no_grad():
-                self._eval_cache = (key, weight * self.mask())
+                self._eval_cache = (key, _apply_mask(weight, self.mask()))
         return self._eval_cache[1]
+
+    @contextlib.contextmanager
+    def one_weight_per_forward(self):
+        """Within the block every use of ``weight`` gets the same masked weight: one selection
+        and one straight-through backward however often it is used (a tied embedding: up to 3)."""
+        if self._pinned is not None:
+            yield
+            return
+        self._pinned = self.weight
+        try:
+            yield
+        finally:
+            self._pinned = None
 
     # -- cache invalidation -----------------------------------------------------------
     def train(self, mode: bool = True):

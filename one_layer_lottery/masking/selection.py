@@ -54,15 +54,19 @@ def topk_mask(values: torch.Tensor, k: int) -> torch.Tensor:
         return mask[0] if squeeze else mask
     if rows.device.type == "cpu":
         # (n-k)-th smallest: everything strictly above it is kept (k of them without ties).
-        threshold = torch.stack([kth_smallest(row, n - k) for row in rows]).unsqueeze(1)
+        found = [_kth_smallest_and_count_above(row, n - k) for row in rows]
+        threshold = torch.stack([t for t, _ in found]).unsqueeze(1)
+        mask = rows > threshold
+        missing = torch.tensor([[k - above] for _, above in found])
+        fill = any(k != above for _, above in found)
     else:
         # Smallest of the k largest: everything strictly above it is kept (k-1 without ties).
         threshold = rows.topk(k, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
-    mask = rows > threshold
-    missing = k - mask.sum(dim=1, keepdim=True)
-    # Fill the rows that are short of k from the entries equal to the threshold, lowest
-    # index first. On CPU only when needed; elsewhere branch-free (no host round-trip).
-    if rows.device.type != "cpu" or bool((missing != 0).any()):
+        mask = rows > threshold
+        missing = k - mask.sum(dim=1, keepdim=True)
+        fill = True  # branch-free: no host round-trip
+    # Rows short of k are filled from the entries equal to the threshold, lowest index first.
+    if fill:
         ties = rows == threshold
         rank = ties.to(torch.int32).cumsum(dim=1)
         mask |= ties & (rank <= missing)
@@ -75,30 +79,37 @@ _SAMPLE = 4096
 
 
 def kth_smallest(values: torch.Tensor, j: int) -> torch.Tensor:
-    """The exact j-th smallest entry (1-based) of a 1-D CPU tensor.
+    """The exact j-th smallest entry (1-based) of a 1-D CPU tensor."""
+    return _kth_smallest_and_count_above(values, j)[0]
+
+
+def _kth_smallest_and_count_above(values: torch.Tensor, j: int):
+    """(the exact j-th smallest entry of a 1-D CPU tensor, how many entries are strictly above it).
 
     A strided sample brackets the answer between two sample quantiles (a few standard errors
-    around rank j); one counting pass and one gather keep only the entries in that band, and
-    ``kthvalue`` runs on those. When the band misses (it cannot be wrong, only unlucky), the
-    plain ``kthvalue`` over everything answers.
+    around rank j); one pass counts what lies below the bracket, one gathers what lies inside,
+    and ``kthvalue`` runs on that band only. The count above comes from the band too. When the
+    band misses (it cannot be wrong, only unlucky), ``kthvalue`` over everything answers.
     """
     n = values.numel()
-    if n < _NARROW_MIN:
-        return values.kthvalue(j).values
-    step = n // _SAMPLE
-    sample = values[::step].sort().values
-    m = sample.numel()
-    p = j / n
-    spread = 6.0 * math.sqrt(max(p * (1.0 - p), 1.0 / m) / m) + 2.0 / m
-    lo = sample[max(0, int((p - spread) * m))]
-    hi = sample[min(m - 1, int(math.ceil((p + spread) * m)))]
-    below = values < lo
-    n_below = int(below.sum())
-    band = values[(values <= hi) & ~below]
-    r = j - n_below
-    if 1 <= r <= band.numel():
-        return band.kthvalue(r).values
-    return values.kthvalue(j).values
+    if n >= _NARROW_MIN:
+        step = n // _SAMPLE
+        sample = values[::step].sort().values
+        m = sample.numel()
+        p = j / n
+        spread = 6.0 * math.sqrt(max(p * (1.0 - p), 1.0 / m) / m) + 2.0 / m
+        lo = sample[max(0, int((p - spread) * m))]
+        hi = sample[min(m - 1, int(math.ceil((p + spread) * m)))]
+        n_below = int(torch.count_nonzero(values < lo))
+        band = values[(values >= lo) & (values <= hi)]
+        r = j - n_below
+        if 1 <= r <= band.numel():
+            kth = band.kthvalue(r).values
+            # Entries above the band are above kth; so are the band's entries above it.
+            above = n - n_below - band.numel() + int(torch.count_nonzero(band > kth))
+            return kth, above
+    kth = values.kthvalue(j).values
+    return kth, int(torch.count_nonzero(values > kth))
 
 
 def select_mask(

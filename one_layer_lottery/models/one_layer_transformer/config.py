@@ -74,6 +74,11 @@ class OneLayerTransformerConfig(FairseqDataclass):
                           "frozen_layernorm: affine kept at its init"})
     embed_no_mask: bool = field(default=False, metadata={"help": "embeddings are fixed and not masked (no scores)"})
     need_bias: bool = field(default=False, metadata={"help": "add trained biases to the masked linear layers"})
+    mask_log_interval: int = field(
+        default=100,
+        metadata={"help": "log mask statistics (kept fraction and flipped bits per virtual layer, overlap of "
+                          "the layers sharing a weight) every N updates through fairseq's metrics "
+                          "(--tensorboard-logdir records them); 0 disables"})
     seed: int = II("common.seed")
 
 

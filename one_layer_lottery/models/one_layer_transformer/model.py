@@ -1,14 +1,19 @@
 """The one-layer randomly weighted Transformer (Shen et al., EMNLP 2021) as a fairseq model."""
 import argparse
+import collections
+import contextlib
+import json
 import logging
 
+import torch
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerConfig, TransformerModelBase
 from fairseq.utils import safe_getattr
 
 from ...embedding_file import read_embeddings
-from ...masking import ATTENTION_INITS, MaskConfig, ScoreInit, WeightInit
+from ...mask_stats import MaskMonitor
+from ...masking import ATTENTION_INITS, MaskConfig, RandomWeight, ScoreInit, WeightInit
 from .config import ARCHITECTURES, CONFIG_FIELDS, LAYERNORM_TYPES, SHARE_MODES, OneLayerTransformerConfig
 from .layers import (
     MaskOptions,
@@ -19,6 +24,7 @@ from .layers import (
 
 logger = logging.getLogger(__name__)
 MODEL_NAME = "one_layer_transformer"
+EXTRA_STATE_KEY = "_extra_state"  # where nn.Module.state_dict puts get_extra_state()
 
 
 # Values of the fields whose defaults interpolate other config groups, for a bare config.
@@ -53,6 +59,59 @@ def mask_options(args: argparse.Namespace) -> MaskOptions:
         embed_no_mask=bool(args.embed_no_mask),
         seed=int(args.seed),
     )
+
+
+# The options that decide which random weights exist and which of them the trained scores keep.
+# A checkpoint records them (``_extra_state`` in its model state); loading it under other values
+# would silently reinterpret its scores, so that is refused.
+def mask_identity(opts: MaskOptions) -> dict:
+    return {
+        "--prune-ratio": float(opts.mask.prune_ratio),
+        "--prune-method": opts.mask.method,
+        "--mask-threshold": float(opts.mask.threshold),
+        "--share-mask": opts.share_mask,
+        "--init": opts.weight_init.method,
+        "--scale-fan": bool(opts.weight_init.scale_fan),
+        "--attention-init": opts.attention_init,
+        "--mask-init": opts.score_init.method,
+        "--mask-constant": float(opts.score_init.constant),
+        "--mask-layernorm-type": opts.layernorm_type,
+        "--need-bias": bool(opts.need_bias),
+        "--embed-no-mask": bool(opts.embed_no_mask),
+        "--seed": int(opts.seed),
+    }
+
+
+def mask_identity_mismatches(saved: dict, current: dict) -> list:
+    """'flag: checkpoint X, this model Y' for every option that differs and matters."""
+    ignored = set()
+    if current.get("--prune-method") not in ("threshold", "sigmoid_threshold"):
+        ignored.add("--mask-threshold")
+    if current.get("--mask-init") == "standard":
+        ignored.add("--mask-constant")
+    return [f"{flag}: the checkpoint's is {saved.get(flag, '(not recorded)')}, this model's is {value}"
+            for flag, value in current.items() if flag not in ignored and saved.get(flag) != value]
+
+
+def _decode_extra_state(saved) -> dict:
+    """The options a checkpoint recorded with ``get_extra_state``."""
+    try:
+        codes = saved.detach().double().cpu()
+        rounded = codes.round()
+        if codes.dim() != 1 or not bool(((codes - rounded).abs() < 0.25).all()) \
+                or not bool(((rounded >= 0) & (rounded < 128)).all()):
+            raise ValueError("not ASCII codes")
+        return json.loads(bytes(int(c) for c in rounded.tolist()).decode("ascii"))["mask_options"]
+    except Exception as e:  # what the record holds is not ours to trust
+        raise ValueError(
+            "the checkpoint's record of its masking options (_extra_state) is unreadable "
+            f"({type(e).__name__}: {e}); was it averaged across runs with different options?") from None
+
+
+def _equal_up_to_half_rounding(a, b) -> bool:
+    # fairseq stores the weights of an --fp16 / bf16 run as float32 copies of the rounded values.
+    return any(torch.equal(a, b) if dtype is None else torch.equal(a.to(dtype), b.to(dtype))
+               for dtype in (None, torch.float16, torch.bfloat16))
 
 
 def _choice(flag, value, choices):
@@ -101,6 +160,7 @@ class OneLayerTransformerModel(TransformerModelBase):
         decoder = OneLayerTransformerDecoder(tcfg, tgt_dict, dec_emb, opts)
         model = cls(tcfg, encoder, decoder)
         model.mask_options = opts
+        model.mask_monitor = MaskMonitor(args.mask_log_interval)
         return model
 
     @staticmethod
@@ -113,7 +173,58 @@ class OneLayerTransformerModel(TransformerModelBase):
         return build_masked_embedding(opts, len(dictionary), dim, dictionary.pad(), f"{side}.embed_tokens",
                                       pretrained, rows)
 
+    def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
+        # A shared embedding is used up to three times per step; mask it once.
+        with contextlib.ExitStack() as stack:
+            for emb in {id(e): e for e in (self.encoder.embed_tokens, self.decoder.embed_tokens)}.values():
+                stack.enter_context(emb.one_weight_per_forward())
+            return super().forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    # fairseq's trainer passes the *current* run's config to load_state_dict, never the
+    # checkpoint's, so the model state itself records the options its scores were trained under
+    # (key "_extra_state"). It is a float tensor of the JSON's bytes, not a dict: fairseq's tools
+    # and users' scripts treat every model-state value as a tensor (checkpoint averaging sums and
+    # divides them, EMA decays them), and small integers survive that and fp16/bf16 exactly.
+    def get_extra_state(self):
+        opts = getattr(self, "mask_options", None)
+        if opts is None:
+            return torch.zeros(0)
+        text = json.dumps({"mask_options": mask_identity(opts)}, sort_keys=True)
+        return torch.tensor(list(text.encode("ascii")), dtype=torch.float32)
+
+    def set_extra_state(self, state):
+        pass  # checked in load_state_dict, before anything is copied
+
+    def _check_mask_options(self, saved):
+        opts = getattr(self, "mask_options", None)
+        if opts is None:
+            return
+        recorded = _decode_extra_state(saved)
+        wrong = mask_identity_mismatches(recorded, mask_identity(opts))
+        if wrong:
+            raise ValueError(
+                "the checkpoint does not match this one_layer_transformer: it was trained under other masking "
+                f"options ({'; '.join(wrong)}). Its scores select weights under its own options and cannot be "
+                "resumed or decoded under these: use the checkpoint's options, or train from scratch elsewhere.")
+
+    def set_num_updates(self, num_updates):
+        super().set_num_updates(num_updates)
+        monitor = getattr(self, "mask_monitor", None)
+        if monitor is not None and self.training:
+            monitor.step(self, num_updates)
+
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        if EXTRA_STATE_KEY in state_dict:
+            self._check_mask_options(state_dict[EXTRA_STATE_KEY])
+        elif strict:  # written before the options were recorded, or not by this plugin
+            logger.warning("the checkpoint does not record its masking options; they cannot be checked")
+        # The record is checked; what gets loaded is this model's own (its length may differ).
+        metadata = getattr(state_dict, "_metadata", None)
+        state_dict = collections.OrderedDict(state_dict)
+        if metadata is not None:
+            state_dict._metadata = metadata
+        state_dict[EXTRA_STATE_KEY] = self.get_extra_state()
         expected = self.state_dict()
         missing = sorted(set(expected) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(expected))
@@ -131,7 +242,24 @@ class OneLayerTransformerModel(TransformerModelBase):
                     f"the checkpoint's {key} has shape {tuple(tensor.shape)}, this model's has "
                     f"{tuple(expected[key].shape)}: the checkpoint was trained with another architecture "
                     "or dictionary")
+        self._warn_if_random_weights_differ(state_dict)
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
+    def _warn_if_random_weights_differ(self, state_dict):
+        # The checkpoint's random weights are used; with equal options they should be exactly the ones
+        # this model drew from --seed (not, e.g., after a change of the init code or of an embedding file).
+        differ = []
+        for prefix, module in self.named_modules():
+            if isinstance(module, RandomWeight):
+                key = f"{prefix}.weight" if prefix else "weight"
+                saved = state_dict.get(key)
+                mine = module.weight
+                if torch.is_tensor(saved) and saved.dtype == mine.dtype and saved.shape == mine.shape \
+                        and not _equal_up_to_half_rounding(saved.to(mine.device), mine):
+                    differ.append(key)
+        if differ:
+            logger.warning(f"{len(differ)} random weights of the checkpoint differ from the ones --seed generates "
+                           f"here (e.g. {differ[0]}); the checkpoint's are used")
 
 
 def _make_architecture(name, embed_dim, ffn_dim, heads, layers, extra):

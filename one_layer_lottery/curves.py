@@ -1,0 +1,83 @@
+"""Validation curves from fairseq-train logs: a table and a PNG plot.
+
+    python -m one_layer_lottery.curves OUT.png NAME=TRAIN_LOG [NAME=TRAIN_LOG ...] [--metric bleu]
+
+Reads the ``valid on 'valid' subset`` lines that fairseq writes (``--log-format simple`` or the
+default), prints one row per run (the metric at every validation), and plots metric over updates.
+"""
+import argparse
+import os
+import re
+import sys
+
+_VALID = re.compile(r"valid on 'valid' subset \| (.*)$")
+
+
+def read_validations(path, metric="bleu"):
+    """[(num_updates, value), ...] of every validation in a fairseq-train log, in order."""
+    points = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            m = _VALID.search(line)
+            if not m:
+                continue
+            fields = dict(kv.strip().split(" ", 1) for kv in m.group(1).split(" | ") if " " in kv.strip())
+            if metric not in fields or "num_updates" not in fields:
+                raise ValueError(f"{path}:{line_no}: validation line without {metric!r} or num_updates")
+            points.append((int(fields["num_updates"]), float(fields[metric])))
+    if not points:
+        raise ValueError(f"{path}: no validation lines (\"valid on 'valid' subset\") found")
+    return points
+
+
+def plot(runs, out_png, metric="bleu", title=None):
+    """Write a PNG of metric over updates, one line per run ({name: points})."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for name, points in runs.items():
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xlabel("updates")
+    ax.set_ylabel(f"validation {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    tmp = out_png + ".tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out_png)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out_png")
+    parser.add_argument("runs", nargs="+", metavar="NAME=TRAIN_LOG")
+    parser.add_argument("--metric", default="bleu")
+    parser.add_argument("--title")
+    args = parser.parse_args(argv)
+    runs = {}
+    for spec in args.runs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"run must be NAME=TRAIN_LOG, got {spec!r}")
+        try:
+            runs[name] = read_validations(path, args.metric)
+        except (OSError, ValueError) as e:
+            parser.error(str(e))
+    updates = sorted({u for points in runs.values() for u, _ in points})
+    print("| run | " + " | ".join(str(u) for u in updates) + " |")
+    print("|---|" + "---|" * len(updates))
+    for name, points in runs.items():
+        by_update = dict(points)
+        print(f"| {name} | " + " | ".join(f"{by_update[u]:.2f}" if u in by_update else "" for u in updates) + " |")
+    plot(runs, args.out_png, args.metric, args.title)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
