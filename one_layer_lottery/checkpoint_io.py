@@ -23,6 +23,16 @@ logger = logging.getLogger(__name__)
 _fairseq_copy = getattr(PathManager.copy, "fairseq_copy", PathManager.copy)
 
 
+def config_section(state: dict, section: str) -> dict:
+    """``cfg[section]`` of a loaded fairseq checkpoint as a dict (old checkpoints: their ``args``);
+    {} when it has neither."""
+    cfg = state.get("cfg")
+    if cfg is not None and cfg.get(section) is not None:
+        return dict(cfg[section])
+    args = state.get("args")
+    return vars(args) if args is not None else {}
+
+
 def atomic_copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
     """Copy ``src_path`` to ``dst_path`` so that ``dst_path`` is never seen half written."""
     if PathManager.path_requires_pathmanager(src_path) or PathManager.path_requires_pathmanager(dst_path):

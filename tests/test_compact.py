@@ -71,16 +71,21 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_round_trip_is_bitwise_identical(case, sample_bin, sample_bin_joined, tmp_path):
-    flags, joined = CASES[case]
+def build_case(case, sample_bin, sample_bin_joined, tmp_path):
+    """(model, task, cfg) of one of the CASES, with its embedding files written to tmp_path."""
+    flags, joined = case
     data = sample_bin_joined if joined else sample_bin
     if any("{" in str(f) for f in flags):
         _, task0, _ = build(data, *SMALL)
         enc = _embedding_file(tmp_path / "enc.vec", task0.source_dictionary, 32, 1)
         dec = _embedding_file(tmp_path / "dec.vec", task0.target_dictionary, 32, 2)
         flags = tuple(str(f).format(enc=enc, dec=dec) for f in flags)
-    model, task, cfg = build(data, *SMALL, *flags)
+    return build(data, *SMALL, *flags)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_round_trip_is_bitwise_identical(case, sample_bin, sample_bin_joined, tmp_path):
+    model, task, cfg = build_case(CASES[case], sample_bin, sample_bin_joined, tmp_path)
     like_trained(model, seed=len(case))
     if case == "super_mask":
         with torch.no_grad():  # all tied: the top-k keeps the first k by index
@@ -89,6 +94,7 @@ def test_round_trip_is_bitwise_identical(case, sample_bin, sample_bin_joined, tm
     size = compact.write(path, model, cfg, task)
     assert size == path.stat().st_size
 
+    data = sample_bin_joined if CASES[case][1] else sample_bin
     for data_dir in (None, data):  # the file's own dictionaries, and the data directory's (checked)
         rebuilt, _, _ = compact.load(path, data=data_dir)
         ours, theirs = masks_of(model), masks_of(rebuilt)

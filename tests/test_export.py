@@ -3,11 +3,10 @@ import pytest
 import torch
 from fairseq.models.transformer import TransformerModel
 
-from conftest import GENERATE, ROOT, SMALL, USER_DIR, build, hypotheses, run_cli
+from conftest import GENERATE, ROOT, USER_DIR, hypotheses, run_cli
 from one_layer_lottery import export
-from one_layer_lottery.embedding_file import write_embeddings
 from one_layer_lottery.masking import MaskedWeight
-from test_compact import first_batch, like_trained
+from test_compact import build_case, first_batch, like_trained
 
 CASES = {
     "default": ((), False),
@@ -25,15 +24,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_dense_model_computes_the_masked_model(case, sample_bin, sample_bin_joined, tmp_path):
-    flags, joined = CASES[case]
-    data = sample_bin_joined if joined else sample_bin
-    if any("{" in str(f) for f in flags):
-        _, task0, _ = build(data, *SMALL)
-        d = task0.source_dictionary
-        tokens = [d[i] for i in range(d.nspecial, len(d), 3)]
-        write_embeddings(str(tmp_path / "enc.vec"), tokens, torch.randn(len(tokens), 32))
-        flags = tuple(str(f).format(enc=tmp_path / "enc.vec") for f in flags)
-    model, task, cfg = build(data, *SMALL, *flags)
+    model, task, cfg = build_case(CASES[case], sample_bin, sample_bin_joined, tmp_path)
     like_trained(model, seed=len(case)).eval()
     ckpt, info = export.dense_checkpoint(model, cfg, task)
     dense = info["model"]

@@ -1,0 +1,165 @@
+"""Every Hydra YAML in configs/ is loaded the way fairseq-hydra-train loads it and builds its model
+(on the sample corpus' dictionaries) with the paper's shape and recipe."""
+import pytest
+import torch
+
+import one_layer_lottery  # noqa: F401  (registers the model, as common.user_dir does)
+from conftest import ROOT, USER_DIR, run_cli
+from one_layer_lottery.embedding_file import write_embeddings
+
+CONFIGS = ROOT / "configs"
+
+# name -> (embed dim, FFN dim, heads, encoder layers, decoder layers, source language)
+EXPECTED = {
+    "sample": (128, 256, 4, 3, 3, "de"),
+    "iwslt14_small": (512, 1024, 4, 6, 6, "de"),
+    "iwslt14_wide": (1024, 2048, 4, 6, 6, "de"),
+    "iwslt14_deep": (512, 1024, 4, 12, 12, "de"),
+    "wmt14_base": (512, 2048, 8, 6, 6, "en"),
+    "wmt14_big": (1024, 4096, 16, 6, 6, "en"),
+}
+EXPECTED.update({f"{name}_pretrained_emb": shape for name, shape in EXPECTED.items() if name != "sample"})
+
+
+def load_config(name, overrides):
+    """configs/NAME.yaml as fairseq-hydra-train composes it (schema check included), with defaults added."""
+    from fairseq.dataclass.initialize import add_defaults, hydra_init
+    from fairseq.dataclass.utils import omegaconf_no_object_check
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    hydra_init(name)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.1"):  # fairseq's hydra.main default
+        cfg = compose(config_name=name, overrides=overrides)
+    add_defaults(cfg)
+    with omegaconf_no_object_check():
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def test_every_yaml_is_checked():
+    assert {p.stem for p in CONFIGS.glob("*.yaml")} == set(EXPECTED)
+    assert not list(CONFIGS.rglob("*.yml"))
+
+
+def _embedding_file(path, dictionary, dim):
+    """A vector for every token of ``dictionary``: row i is i/100 + column/1000."""
+    tokens = [dictionary[i] for i in range(len(dictionary))]
+    rows = torch.arange(len(tokens)).unsqueeze(1) / 100 + torch.arange(dim) / 1000
+    write_embeddings(str(path), tokens, rows)
+    return rows
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_config_builds_the_papers_model(name, sample_bin, tmp_path):
+    from fairseq import tasks
+
+    emb, ffn, heads, enc_layers, dec_layers, src = EXPECTED[name]
+    tgt = "en" if src == "de" else "de"
+    overrides = [f"task.data={sample_bin}", f"common.user_dir={USER_DIR}"]
+    pretrained = name.endswith("_pretrained_emb")
+    if pretrained:
+        from fairseq.data import Dictionary
+
+        src_rows = _embedding_file(tmp_path / "enc.txt", Dictionary.load(str(sample_bin / f"dict.{src}.txt")), emb)
+        tgt_rows = _embedding_file(tmp_path / "dec.txt", Dictionary.load(str(sample_bin / f"dict.{tgt}.txt")), emb)
+        overrides += [f"model.encoder_embed_path={tmp_path / 'enc.txt'}",
+                      f"model.decoder_embed_path={tmp_path / 'dec.txt'}"]
+    cfg = load_config(name, overrides)
+    assert (cfg.task.source_lang, cfg.task.target_lang) == (src, tgt)
+    m = cfg.model
+    assert m._name == "one_layer_transformer"
+    assert (m.encoder_embed_dim, m.encoder_ffn_embed_dim, m.encoder_attention_heads, m.encoder_layers) \
+        == (emb, ffn, heads, enc_layers)
+    assert (m.decoder_embed_dim, m.decoder_ffn_embed_dim, m.decoder_attention_heads, m.decoder_layers) \
+        == (emb, ffn, heads, dec_layers)
+    if name != "sample":  # the paper's recipe (sample.yaml is the CPU demo)
+        assert (m.prune_ratio, m.prune_method, m.share_mask) == (0.5, "super_mask", "layer_weights")
+        assert (m.init, m.attention_init, m.mask_init) == ("kaiming_uniform", "fairseq_xavier", "standard")
+        assert m.mask_layernorm_type == "masked_layernorm" and m.share_decoder_input_output_embed
+        assert cfg.common.fp16 and cfg.common.seed == 1
+        assert cfg.criterion.label_smoothing == 0.1 and cfg.dataset.max_tokens == 4096
+        if name.startswith("iwslt14"):
+            assert m.dropout == 0.3 and cfg.optimization.lr == [0.0005] and cfg.optimization.max_epoch == 55
+            assert cfg.optimization.clip_norm == 0.5 and cfg.optimizer.weight_decay == 0.0001
+            assert cfg.task.eval_bleu and cfg.checkpoint.best_checkpoint_metric == "bleu"
+        else:
+            assert m.dropout == 0.2 and cfg.optimization.lr == [0.001] and cfg.optimization.max_epoch == 100
+            assert cfg.lr_scheduler.warmup_init_lr == 1e-7 and cfg.optimization.clip_norm == 0.0
+            assert cfg.distributed_training.distributed_world_size == 8
+            assert cfg.checkpoint.keep_last_epochs == 10
+    if not pretrained:
+        assert m.encoder_embed_path is None and m.decoder_embed_path is None
+
+    task = tasks.setup_task(cfg.task)
+    with torch.no_grad():
+        model = task.build_model(cfg.model)
+    assert type(model).__name__ == "OneLayerTransformerModel"
+    assert len(model.encoder.layers) == enc_layers and len(model.decoder.layers) == dec_layers
+    for stack in (model.encoder, model.decoder):
+        shared = stack.shared.weights
+        assert tuple(shared["fc1"].weight.shape) == (ffn, emb) and tuple(shared["fc2"].weight.shape) == (emb, ffn)
+        assert tuple(shared["self_attn_q_proj"].weight.shape) == (emb, emb)
+        assert all(layer.self_attn.num_heads == heads for layer in stack.layers)
+        assert stack.layers[0].fc1.scores.shape == (ffn, emb)
+    assert model.encoder.embed_tokens.random_weight.shape == (len(task.source_dictionary), emb)
+    if pretrained:  # the fixed rows arrived, scaled by 1/sqrt(kept fraction) (they are masked)
+        scale = 0.5 ** -0.5
+        for stack, rows in ((model.encoder, src_rows), (model.decoder, tgt_rows)):
+            weight = stack.embed_tokens.random_weight
+            not_pad = torch.arange(len(rows)) != stack.embed_tokens.padding_idx  # <pad> stays zero
+            assert torch.equal(weight[not_pad], rows[not_pad].float() * scale)
+    del model
+
+
+def test_pretrained_config_needs_the_paths(sample_bin, monkeypatch, tmp_path):
+    """The paths come from ENCODER_EMBED_PATH / DECODER_EMBED_PATH (or overrides); without them the
+    config does not load, rather than silently training random embeddings."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    from fairseq.data import Dictionary
+
+    monkeypatch.delenv("ENCODER_EMBED_PATH", raising=False)
+    monkeypatch.delenv("DECODER_EMBED_PATH", raising=False)
+    overrides = [f"task.data={sample_bin}", f"common.user_dir={USER_DIR}"]
+    with pytest.raises(InterpolationResolutionError, match="ENCODER_EMBED_PATH"):
+        load_config("iwslt14_small_pretrained_emb", overrides)
+    for side, lang in (("ENCODER", "de"), ("DECODER", "en")):
+        _embedding_file(tmp_path / lang, Dictionary.load(str(sample_bin / f"dict.{lang}.txt")), 512)
+        monkeypatch.setenv(f"{side}_EMBED_PATH", str(tmp_path / lang))
+    cfg = load_config("iwslt14_small_pretrained_emb", overrides)
+    assert (cfg.model.encoder_embed_path, cfg.model.decoder_embed_path) == (str(tmp_path / "de"), str(tmp_path / "en"))
+
+
+def test_unknown_keys_are_refused(sample_bin):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="no_such_option"):
+        load_config("iwslt14_small", [f"task.data={sample_bin}", "optimization.no_such_option=1"])
+
+
+@pytest.mark.slow
+def test_a_paper_config_trains_with_fairseq_hydra_train(sample_bin, tmp_path, monkeypatch):
+    """configs/iwslt14_small_pretrained_emb.yaml through the real CLI (shrunk, one update, fp32 on CPU):
+    validation BLEU runs and the pre-trained rows from the environment's paths are in the checkpoint."""
+    from fairseq.data import Dictionary
+
+    rows = {lang: _embedding_file(tmp_path / f"emb.{lang}", Dictionary.load(str(sample_bin / f"dict.{lang}.txt")), 32)
+            for lang in ("de", "en")}
+    monkeypatch.setenv("ENCODER_EMBED_PATH", str(tmp_path / "emb.de"))
+    monkeypatch.setenv("DECODER_EMBED_PATH", str(tmp_path / "emb.en"))
+    proc = run_cli("fairseq-hydra-train", "--config-dir", CONFIGS, "--config-name", "iwslt14_small_pretrained_emb",
+                   f"task.data={sample_bin}", f"common.user_dir={USER_DIR}", "common.fp16=false",
+                   "model.encoder_embed_dim=32", "model.decoder_embed_dim=32", "model.encoder_ffn_embed_dim=64",
+                   "model.decoder_ffn_embed_dim=64", "model.encoder_layers=1", "model.decoder_layers=1",
+                   "optimization.max_update=1", "dataset.max_tokens=2000", "dataset.num_workers=0",
+                   f"checkpoint.save_dir={tmp_path / 'ckpt'}", f"hydra.run.dir={tmp_path / 'hydra'}")
+    assert "| bleu " in proc.stdout + proc.stderr
+    state = torch.load(tmp_path / "ckpt" / "checkpoint_best.pt", map_location="cpu", weights_only=True)
+    assert state["cfg"]["model"]["encoder_embed_path"] == str(tmp_path / "emb.de")
+    weight = state["model"]["encoder.embed_tokens.random.weight"]
+    not_pad = torch.arange(len(rows["de"])) != 1
+    assert torch.equal(weight[not_pad], rows["de"][not_pad].float() * 0.5 ** -0.5)
