@@ -117,3 +117,21 @@ xml_segments() {
 }
 
 count_lines() { wc -l < "$1" | tr -d ' '; }
+
+# fairseq-preprocess --joined-dictionary of WORK/spm/{train,valid,test}.{SRC,TGT} into DEST (with
+# WORK/spm.model beside the binaries) with WORKERS processes; skipped when DEST exists.
+binarize_spm() {
+  local src=$1 tgt=$2 work=$3 dest=$4 workers=$5 tmp
+  if [[ -d "$dest" ]]; then
+    log "skip: $dest exists (delete it to binarize again)"
+    return
+  fi
+  scratch tmp "$dest"
+  "$bin/fairseq-preprocess" --source-lang "$src" --target-lang "$tgt" --joined-dictionary \
+    --trainpref "$work/spm/train" --validpref "$work/spm/valid" --testpref "$work/spm/test" \
+    --destdir "$tmp" --workers "$workers" > "$tmp/preprocess.log" 2>&1 \
+    || { tail -n 20 "$tmp/preprocess.log" >&2; die "fairseq-preprocess failed"; }
+  cp "$work/spm.model" "$tmp/spm.model"
+  publish "$tmp" "$dest"
+  log "binarized data in $dest"
+}

@@ -80,18 +80,7 @@ run_all() {
     publish "$tmp" "$work/spm"
   fi
 
-  if [[ -d "$dest" ]]; then
-    log "skip: $dest exists (delete it to binarize again)"
-  else
-    scratch tmp "$dest"
-    "$bin/fairseq-preprocess" --source-lang de --target-lang en --joined-dictionary \
-      --trainpref "$work/spm/train" --validpref "$work/spm/valid" --testpref "$work/spm/test" \
-      --destdir "$tmp" --workers "$workers" > "$tmp/preprocess.log" 2>&1 \
-      || { tail -n 20 "$tmp/preprocess.log" >&2; die "fairseq-preprocess failed"; }
-    cp "$work/spm.model" "$tmp/spm.model"
-    publish "$tmp" "$dest"
-    log "binarized data in $dest"
-  fi
+  binarize_spm de en "$work" "$dest" "$workers"
 }
 
 case "${1:-}" in

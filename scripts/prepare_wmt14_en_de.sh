@@ -138,16 +138,7 @@ spm_all() {  # $work/tok -> $work/spm.model, $work/spm/
 }
 
 binarize() {  # $work/spm -> $dest
-  local tmp
-  [[ -d "$dest" ]] && { log "skip: $dest exists (delete it to binarize again)"; return; }
-  scratch tmp "$dest"
-  "$bin/fairseq-preprocess" --source-lang en --target-lang de --joined-dictionary \
-    --trainpref "$work/spm/train" --validpref "$work/spm/valid" --testpref "$work/spm/test" \
-    --destdir "$tmp" --workers "$workers" > "$tmp/preprocess.log" 2>&1 \
-    || { tail -n 20 "$tmp/preprocess.log" >&2; die "fairseq-preprocess failed"; }
-  cp "$work/spm.model" "$tmp/spm.model"
-  publish "$tmp" "$dest"
-  log "binarized data in $dest"
+  binarize_spm en de "$work" "$dest" "$workers"
 }
 
 case "${1:-}" in
