@@ -117,7 +117,7 @@ def test_round_trip_is_bitwise_identical(case, sample_bin, sample_bin_joined, tm
         header = compact.read(path).header
         stored = {n for t in header["tensors"] for n in t["names"]}
         assert "encoder.embed_tokens.random.weight" in stored  # pre-trained rows are stored, not drawn
-        assert header["pretrained_embeddings"]["encoder_embed_path"] == str(enc)
+        assert header["pretrained_embeddings"]["encoder_embed_path"] == str(tmp_path / "enc.vec")
 
 
 def test_header_describes_the_subnetwork(sample_bin, tmp_path):
