@@ -21,6 +21,16 @@ def run_cli(name, *args, cwd=None, check=True, timeout=600):
     return proc
 
 
+def run_script(name, *args, env=None, check=True, timeout=600):
+    """Run one of scripts/*.sh with bash (one worker, one thread); returns the CompletedProcess."""
+    full_env = dict(os.environ, PYTHONWARNINGS="ignore", WORKERS="1", OMP_NUM_THREADS="1", **(env or {}))
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / name), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
 @pytest.fixture(scope="session")
 def sample_bin(tmp_path_factory):
     """The project's sample corpus, binarized by the real fairseq-preprocess (separate dictionaries)."""

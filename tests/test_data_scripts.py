@@ -2,8 +2,6 @@
 project's sample corpus with the real file layout, plus checks against ../shared's real IWSLT14 and
 Multi30k files (skipped when ../shared is absent)."""
 import io
-import os
-import subprocess
 import sys
 import tarfile
 import time
@@ -11,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SHARED
+from conftest import ROOT, SHARED, run_script
 
 SAMPLE = ROOT / "data" / "sample"
 SCRIPTS = ROOT / "scripts"
@@ -19,15 +17,6 @@ UNREACHABLE = "http://127.0.0.1:9"  # the discard port: the connection is refuse
 
 sys.path.insert(0, str(SCRIPTS))
 import text_prep  # noqa: E402
-
-
-def run_script(name, *args, env=None, check=True, timeout=300):
-    full_env = dict(os.environ, PYTHONWARNINGS="ignore", WORKERS="1", OMP_NUM_THREADS="1", **(env or {}))
-    proc = subprocess.run(["bash", str(SCRIPTS / name), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=full_env, cwd=ROOT)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
 
 
 def lines(path):

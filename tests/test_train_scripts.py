@@ -2,33 +2,21 @@
 python -m one_layer_lottery.dump_embeddings on the sample corpus, with tiny models."""
 import contextlib
 import io
-import os
 import random
 import re
-import subprocess
 
 import pytest
 import sacrebleu
 import torch
 
-from conftest import ROOT, build, run_cli
+from conftest import ROOT, build, run_cli, run_script
 from one_layer_lottery.dump_embeddings import DumpError, dump_embeddings
 from one_layer_lottery.dump_embeddings import main as dump_main
 
-SCRIPTS = ROOT / "scripts"
 # Tiny models trained on the 300 test pairs (a fast epoch; validating on the training subset would share
 # fairseq's cached epoch iterator): the recipes' plumbing, not their results.
 TINY = ["--encoder-embed-dim", 32, "--encoder-ffn-embed-dim", 64, "--encoder-layers", 2, "--decoder-layers", 2,
         "--max-tokens", 1000, "--train-subset", "test", "--num-workers", 0, "--log-interval", 1]
-
-
-def run_script(name, *args, env=None, check=True, timeout=600):
-    full_env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", **(env or {}))
-    proc = subprocess.run(["bash", str(SCRIPTS / name), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=full_env, cwd=ROOT)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
 
 
 def load(path):
