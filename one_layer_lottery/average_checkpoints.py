@@ -25,7 +25,7 @@ from typing import Dict, List, Optional
 import torch
 
 from . import safe_load  # noqa: F401  (fairseq checkpoints under weights_only=True)
-from .checkpoint_io import config_section
+from .checkpoint_io import config_section, load_state
 
 logger = logging.getLogger(__name__)
 
@@ -78,15 +78,7 @@ def select_checkpoints(folder: str, num_epochs: Optional[int] = None, num_update
 
 
 def _load(path: str):
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise AverageError(f"{path}: no such checkpoint") from None
-    except Exception as e:
-        raise AverageError(f"{path}: cannot be loaded as a fairseq checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise AverageError(f"{path}: not a fairseq checkpoint (no 'model' state)")
-    return state
+    return load_state(path, AverageError)
 
 
 def average_checkpoints(paths: List[str]) -> dict:

@@ -15,12 +15,27 @@ import logging
 import os
 import shutil
 
+import torch
 from fairseq.file_io import PathManager
 
 logger = logging.getLogger(__name__)
 
 # fairseq's own copy, also when this module is imported a second time (another --user-dir path).
 _fairseq_copy = getattr(PathManager.copy, "fairseq_copy", PathManager.copy)
+
+
+def load_state(path: str, error=ValueError) -> dict:
+    """A fairseq checkpoint's saved dict, on CPU with ``weights_only=True``; every problem is raised
+    as ``error`` naming the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise error(f"{path}: no such checkpoint") from None
+    except Exception as e:
+        raise error(f"{path}: cannot be loaded as a fairseq checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise error(f"{path}: not a fairseq checkpoint (no 'model' state)")
+    return state
 
 
 def config_section(state: dict, section: str) -> dict:

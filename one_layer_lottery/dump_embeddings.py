@@ -18,7 +18,7 @@ from typing import Dict, Tuple
 import torch
 
 from . import safe_load  # noqa: F401  (fairseq checkpoints under weights_only=True)
-from .checkpoint_io import config_section
+from .checkpoint_io import config_section, load_state
 from .embedding_file import write_embeddings
 
 logger = logging.getLogger(__name__)
@@ -53,15 +53,8 @@ def embedding_tables(checkpoint: str, data: str = None) -> Dict[str, Tuple[list,
     """{"encoder": (tokens, weight), "decoder": (tokens, weight)} of a fairseq Transformer checkpoint."""
     from fairseq.data import Dictionary
 
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DumpError(f"{checkpoint}: no such checkpoint") from None
-    except Exception as e:
-        raise DumpError(f"{checkpoint}: cannot be loaded as a fairseq checkpoint ({type(e).__name__}: {e})") from None
-    model = state.get("model") if isinstance(state, dict) else None
-    if not isinstance(model, dict):
-        raise DumpError(f"{checkpoint}: not a fairseq checkpoint (no 'model' state)")
+    state = load_state(checkpoint, DumpError)
+    model = state["model"]
     if "encoder.embed_tokens.random.weight" in model:
         raise DumpError(f"{checkpoint} is a one_layer_transformer (random embeddings): dump the embeddings of a "
                         "trained dense fairseq transformer instead")
