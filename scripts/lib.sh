@@ -87,6 +87,16 @@ set_fp16() {
   esac
 }
 
+# set_paper_masking PRUNE_RATIO: sets the array masking to the paper's masking flags (one random weight
+# set per stack, super_mask, non-affine LayerNorm, tied decoder embedding); SHARE_MASK, INIT and
+# ATTENTION_INIT override their defaults.
+# shellcheck disable=SC2034  # the array is for the caller
+set_paper_masking() {
+  masking=(--prune-ratio "$1" --prune-method super_mask --share-mask "${SHARE_MASK:-layer_weights}"
+           --init "${INIT:-kaiming_uniform}" --attention-init "${ATTENTION_INIT:-fairseq_xavier}"
+           --mask-init standard --mask-layernorm-type masked_layernorm --share-decoder-input-output-embed)
+}
+
 # set_embed ENCODER_PATH DECODER_PATH: sets the array embed to the pre-trained embedding flags
 # (none for empty paths; --embed-no-mask when EMBED_NO_MASK=1).
 # shellcheck disable=SC2034  # the array is for the caller

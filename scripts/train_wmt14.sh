@@ -51,9 +51,7 @@ else
 fi
 
 set_fp16
-masking=(--prune-ratio "$prune_ratio" --prune-method super_mask --share-mask "${SHARE_MASK:-layer_weights}"
-         --init "${INIT:-kaiming_uniform}" --attention-init "${ATTENTION_INIT:-fairseq_xavier}"
-         --mask-init standard --mask-layernorm-type masked_layernorm --share-decoder-input-output-embed)
+set_paper_masking "$prune_ratio"
 set_embed "$encoder_embed" "$decoder_embed"
 
 mkdir -p "$save_dir"
