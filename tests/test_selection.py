@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from one_layer_lottery.masking import (
-    MaskConfig, MaskedLinear, RandomWeight, WeightInit, naive_edge_popup_mask, num_kept, select_mask,
+    MaskConfig, MaskedLinear, RandomWeight, SharedScores, WeightInit, naive_edge_popup_mask, num_kept, select_mask,
     straight_through_mask, topk_mask,
 )
 
@@ -140,6 +140,22 @@ def test_eval_mode_computes_the_mask_once_and_recomputes_after_changes(monkeypat
         layer.scores.mul_(-1)  # in-place edit in eval mode is noticed too
     layer.weight
     assert len(calls) == 6
+
+
+def test_eval_cache_follows_the_shared_weight_and_replaced_tensors():
+    rw = RandomWeight((8, 8), WeightInit(), seed=1, name="w")
+    shared = SharedScores(torch.randn(8, 8))
+    layer = MaskedLinear(rw, MaskConfig(), shared, own_random=False)  # neither tensor is its own
+    layer.eval()
+    first = layer.weight
+    assert layer.weight is first
+    rw.double()  # the owner alone: new storage and dtype, same Parameter object, same version
+    assert layer.weight.dtype == torch.float64
+    assert torch.equal(layer.weight, first.double())
+    shared.scores = torch.nn.Parameter(-shared.scores.detach())  # a new score object
+    assert torch.equal(layer.weight != 0, select_mask(shared.scores.detach(), "super_mask", 0.5) & (rw.weight != 0))
+    rw.weight = torch.nn.Parameter(torch.ones(8, 8, dtype=torch.float64), requires_grad=False)  # a new weight
+    assert torch.equal(layer.weight, select_mask(shared.scores.detach(), "super_mask", 0.5).double())
 
 
 @pytest.mark.parametrize("kind", ["normal", "few_values", "bf16", "sorted"])

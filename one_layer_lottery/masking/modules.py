@@ -103,6 +103,30 @@ class _Ref:
         self.module = module
 
 
+class _EvalCache:
+    """A masked weight computed while not training, and what it was computed from.
+
+    It is current while the same tensor objects sit in their modules' parameter dicts with the
+    same data pointer and version: in-place edits (``load_state_dict``, ``copy_``) bump the
+    version, ``.to()``/``.half()`` on the owner change the pointer, ``module.scores = ...`` the object.
+    """
+
+    __slots__ = ("weight_params", "weight", "weight_key", "score_params", "scores", "score_key", "masked")
+
+    def __init__(self, weight_params, weight, score_params, scores, masked):
+        self.weight_params, self.weight, self.weight_key = weight_params, weight, _key(weight)
+        self.score_params, self.scores, self.score_key = score_params, scores, _key(scores)
+        self.masked = masked
+
+    def is_current(self) -> bool:
+        return (self.weight_params.get("weight") is self.weight and self.score_params.get("scores") is self.scores
+                and _key(self.weight) == self.weight_key and _key(self.scores) == self.score_key)
+
+
+def _key(t):
+    return t._version, t.data_ptr(), t.dtype
+
+
 class MaskedWeight(nn.Module):
     """Base of the masked layers: ``weight`` is the random weight times the current mask.
 
@@ -165,6 +189,9 @@ class MaskedWeight(nn.Module):
     def weight(self) -> torch.Tensor:
         if self._pinned is not None:
             return self._pinned
+        cache = self._eval_cache
+        if cache is not None and not self.training and cache.is_current():
+            return cache.masked  # decoding: no module look-ups, a few attribute reads
         weight = self.random_weight
         scores = self.score_tensor
         if scores is None:
@@ -172,11 +199,21 @@ class MaskedWeight(nn.Module):
         if self.training:
             self._eval_cache = None
             return straight_through_mask(weight, scores, self.mask(), self.mask_config.method)
-        key = (scores.data_ptr(), scores._version, weight.data_ptr(), weight._version, weight.dtype)
-        if self._eval_cache is None or self._eval_cache[0] != key:
-            with torch.no_grad():
-                self._eval_cache = (key, _apply_mask(weight, self.mask()))
-        return self._eval_cache[1]
+        with torch.no_grad():
+            self._eval_cache = _EvalCache(self._weight_params, weight, self._score_params, scores,
+                                          _apply_mask(weight, self.mask()))
+        return self._eval_cache.masked
+
+    @property
+    def _weight_params(self):
+        rnd = self._modules.get("random")
+        return (rnd if rnd is not None else self._random.module)._parameters
+
+    @property
+    def _score_params(self):
+        if self.scores is not None:
+            return self._parameters
+        return self._shared_scores.module._parameters
 
     @contextlib.contextmanager
     def one_weight_per_forward(self):
