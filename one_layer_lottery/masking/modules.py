@@ -113,9 +113,10 @@ class _EvalCache:
 
     __slots__ = ("weight_params", "weight", "weight_key", "score_params", "scores", "score_key", "masked")
 
-    def __init__(self, weight_params, weight, score_params, scores, masked):
-        self.weight_params, self.weight, self.weight_key = weight_params, weight, _key(weight)
-        self.score_params, self.scores, self.score_key = score_params, scores, _key(scores)
+    def __init__(self, weight_owner: nn.Module, score_owner: nn.Module, masked: torch.Tensor):
+        self.weight_params, self.score_params = weight_owner._parameters, score_owner._parameters
+        self.weight, self.scores = self.weight_params["weight"], self.score_params["scores"]
+        self.weight_key, self.score_key = _key(self.weight), _key(self.scores)
         self.masked = masked
 
     def is_current(self) -> bool:
@@ -162,16 +163,26 @@ class MaskedWeight(nn.Module):
 
     # -- the tensors ------------------------------------------------------------------
     @property
-    def random_weight(self) -> torch.Tensor:
+    def _random_owner(self) -> RandomWeight:
         rnd = self._modules.get("random")
-        return (rnd if rnd is not None else self._random.module).weight
+        return rnd if rnd is not None else self._random.module
+
+    @property
+    def _score_owner(self) -> Optional[nn.Module]:
+        # The module whose ``scores`` Parameter this layer uses: itself, a SharedScores, or None.
+        if self.scores is not None:
+            return self
+        shared = getattr(self, "_shared_scores", None)
+        return shared.module if shared is not None else None
+
+    @property
+    def random_weight(self) -> torch.Tensor:
+        return self._random_owner.weight
 
     @property
     def score_tensor(self) -> Optional[torch.Tensor]:
-        if self.scores is not None:
-            return self.scores
-        shared = getattr(self, "_shared_scores", None)
-        return shared.module.scores if shared is not None else None
+        owner = self._score_owner
+        return owner.scores if owner is not None else None
 
     @property
     def is_masked(self) -> bool:
@@ -200,20 +211,8 @@ class MaskedWeight(nn.Module):
             self._eval_cache = None
             return straight_through_mask(weight, scores, self.mask(), self.mask_config.method)
         with torch.no_grad():
-            self._eval_cache = _EvalCache(self._weight_params, weight, self._score_params, scores,
-                                          _apply_mask(weight, self.mask()))
+            self._eval_cache = _EvalCache(self._random_owner, self._score_owner, _apply_mask(weight, self.mask()))
         return self._eval_cache.masked
-
-    @property
-    def _weight_params(self):
-        rnd = self._modules.get("random")
-        return (rnd if rnd is not None else self._random.module)._parameters
-
-    @property
-    def _score_params(self):
-        if self.scores is not None:
-            return self._parameters
-        return self._shared_scores.module._parameters
 
     @contextlib.contextmanager
     def one_weight_per_forward(self):
