@@ -4,8 +4,9 @@
                                       [--dtype fp32|fp16|bf16] [--max-tokens 4096]
 
 Both models have the same dimensions and layer counts and see the same batches in the same
-process; steps alternate between them so that machine noise hits both alike. Printed as
-ratios masked/dense (medians over the timed repetitions after warm-up):
+process; they take turns (which one goes first alternates), and each ratio is taken within
+one repetition, so that slow drifts of the machine cancel out. Printed as ratios masked/dense,
+the median of the per-repetition ratios after warm-up (times: medians too):
   1. training step (forward + backward + optimizer step)
   2. all masks of one step, ours against a naive edge-popup (clone, full sort, scatter)
   3. beam-5 generation through fairseq's SequenceGenerator (fixed output length)
@@ -115,12 +116,30 @@ def generation(model, task, src, device, out_len):
     return lambda: gen.generate([model], sample)
 
 
-def peak_memory_child(arch, which, max_tokens):
-    """Peak RSS (bytes) that a training step adds to a fresh process (CPU)."""
-    code = ("import resource,sys,json;from one_layer_lottery import bench as b;"
-            f"print('RESULT', json.dumps(b._child_peak({arch!r}, {which!r}, {max_tokens})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return json.loads(out.split("RESULT", 1)[1])
+def peak_memory_children(arch, max_tokens):
+    """Peak RSS (bytes) that a training step adds to a fresh process (CPU), masked and dense.
+
+    The two processes run at the same time: a peak is a per-process figure, not a timing.
+    """
+    procs = {}
+    for which in ("masked", "dense"):
+        code = ("import json;from one_layer_lottery import bench as b;"
+                f"print('RESULT', json.dumps(b._child_peak({arch!r}, {which!r}, {max_tokens})))")
+        procs[which] = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+    peaks = {}
+    for which, proc in procs.items():
+        out, err = proc.communicate()
+        if proc.returncode != 0 or "RESULT" not in out:
+            raise RuntimeError(f"the {which} peak-memory process failed:\n{err[-2000:]}")
+        peaks[which] = json.loads(out.split("RESULT", 1)[1])
+    return peaks
+
+
+def paired(times):
+    """(median of the per-repetition ratios masked/dense, median time of each model)."""
+    ratio = statistics.median(m / d for m, d in zip(times["masked"], times["dense"]))
+    return ratio, {k: statistics.median(v) for k, v in times.items()}
 
 
 def _vm_bytes(field):
@@ -172,19 +191,19 @@ def run(args):
                 peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated())
             if i >= args.warmup:
                 times[name].append(t)
-    step = {k: statistics.median(v) for k, v in times.items()}
-    results["train_step_s"] = step
-    results["train_step_ratio"] = step["masked"] / step["dense"]
+    results["train_step_ratio"], results["train_step_s"] = paired(times)
+    results["train_step_all_s"] = times
 
     # 2. mask computation: all masks of one step, ours vs the naive sort
     layers = all_masked(masked)
     scores = [m.score_tensor.detach() for m in layers]
     ratio = layers[0].mask_config.prune_ratio
     ours, naive = [], []
-    for _ in range(args.mask_reps + 1):
+    timed(lambda: [m.mask() for m in layers], device)  # warm-up (the naive sort needs none)
+    for _ in range(args.mask_reps):
         ours.append(timed(lambda: [m.mask() for m in layers], device))
         naive.append(timed(lambda: naive_masks(scores, ratio), device))
-    mask_t = {"ours": statistics.median(ours[1:]), "naive": statistics.median(naive[1:])}
+    mask_t = {"ours": statistics.median(ours), "naive": statistics.median(naive)}
     results["mask_s"] = mask_t
     results["mask_speedup"] = mask_t["naive"] / mask_t["ours"]
     results["mask_elements"] = sum(s.numel() for s in scores)
@@ -200,16 +219,14 @@ def run(args):
                 t = timed(generation(model, task, src, device, args.gen_len), device)
                 if i > 0:
                     gen_t[name].append(t)
-    gen = {k: statistics.median(v) for k, v in gen_t.items()}
-    results["generate_s"] = gen
-    results["generate_ratio"] = gen["masked"] / gen["dense"]
+    results["generate_ratio"], results["generate_s"] = paired(gen_t)
+    results["generate_all_s"] = gen_t
 
     # 4. peak memory of a training step
     if device.type == "cuda":
         results["peak_memory_bytes"] = peaks
     elif not args.skip_memory:
-        results["peak_memory_bytes"] = {w: peak_memory_child(args.arch, w, args.max_tokens)
-                                        for w in ("masked", "dense")}
+        results["peak_memory_bytes"] = peak_memory_children(args.arch, args.max_tokens)
     if "peak_memory_bytes" in results:
         p = results["peak_memory_bytes"]
         results["peak_memory_ratio"] = p["masked"] / p["dense"]
@@ -225,7 +242,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per model")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--mask-reps", type=int, default=1)
-    parser.add_argument("--gen-reps", type=int, default=4)
+    parser.add_argument("--gen-reps", type=int, default=5)
     parser.add_argument("--gen-sentences", type=int, default=32)
     parser.add_argument("--gen-len", type=int, default=20)
     parser.add_argument("--skip-memory", action="store_true", help="skip the CPU peak-memory child processes")

@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 from one_layer_lottery import bench
 from one_layer_lottery.models.one_layer_transformer import ARCHITECTURES
 
@@ -17,3 +19,16 @@ def test_benchmark_runs_and_reports_every_ratio(monkeypatch, capsys):
                                            gen_sentences=2, gen_len=3, skip_memory=True))
     assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("train_step_ratio", "mask_speedup", "generate_ratio"))
     assert r["mask_elements"] > 0
+
+
+def test_ratio_is_the_median_of_the_per_repetition_ratios():
+    # Repetition 3 ran while the machine was slow for the masked model only: the ratio of the
+    # medians (3 / 2 = 1.5) would mix repetitions; the paired median does not.
+    ratio, medians = bench.paired({"masked": [2.0, 3.0, 10.0], "dense": [1.0, 3.0, 2.0]})
+    assert ratio == 2.0
+    assert medians == {"masked": 3.0, "dense": 2.0}
+
+
+def test_a_failing_peak_memory_process_is_reported_by_name():
+    with pytest.raises(RuntimeError, match="(?s)masked peak-memory process failed.*no_such_arch"):
+        bench.peak_memory_children("no_such_arch", 256)

@@ -4,6 +4,7 @@ import pickle
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import SMALL, build
 from one_layer_lottery.masking import MaskedLinear, RandomWeight
@@ -168,6 +169,18 @@ def test_layernorm_types(sample_bin, kind, affine, trainable):
         assert norm.elementwise_affine == affine
         if affine:
             assert norm.weight.requires_grad == trainable
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_non_affine_layernorm_is_a_plain_layernorm_without_parameters(dtype):
+    from one_layer_lottery.models.one_layer_transformer.layers import NonAffineLayerNorm
+
+    norm = NonAffineLayerNorm(16, eps=1e-6).to(dtype)
+    assert list(norm.parameters()) == [] and norm.state_dict() == {}
+    x = torch.randn(3, 5, 16).to(dtype) * 7 + 2
+    # The constant weight of ones changes the speed, not one bit of the output.
+    assert torch.equal(norm(x), F.layer_norm(x, (16,), eps=1e-6))
+    assert norm(x.float()).dtype == torch.float32  # an input of another dtype than the module's
 
 
 def test_need_bias_adds_trained_biases(sample_bin):

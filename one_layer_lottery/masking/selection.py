@@ -86,22 +86,24 @@ def kth_smallest(values: torch.Tensor, j: int) -> torch.Tensor:
 def _kth_smallest_and_count_above(values: torch.Tensor, j: int):
     """(the exact j-th smallest entry of a 1-D CPU tensor, how many entries are strictly above it).
 
-    A strided sample brackets the answer between two sample quantiles (a few standard errors
-    around rank j); one pass counts what lies below the bracket, one gathers what lies inside,
-    and ``kthvalue`` runs on that band only. The count above comes from the band too. When the
-    band misses (it cannot be wrong, only unlucky), ``kthvalue`` over everything answers.
+    A strided sample brackets the answer between two sample quantiles (4 standard errors
+    around rank j); one pass counts what lies at or above the bracket's low end, one more
+    gathers what lies inside, and ``kthvalue`` runs on that band only. The count above comes
+    from the band too. When the band misses (it cannot be wrong, only unlucky: about once in
+    10^4 calls), ``kthvalue`` over everything answers.
     """
     n = values.numel()
     if n >= _NARROW_MIN:
-        step = n // _SAMPLE
-        sample = values[::step].sort().values
+        sample = values[::n // _SAMPLE]
         m = sample.numel()
         p = j / n
-        spread = 6.0 * math.sqrt(max(p * (1.0 - p), 1.0 / m) / m) + 2.0 / m
-        lo = sample[max(0, int((p - spread) * m))]
-        hi = sample[min(m - 1, int(math.ceil((p + spread) * m)))]
-        n_below = int(torch.count_nonzero(values < lo))
-        band = values[(values >= lo) & (values <= hi)]
+        spread = 4.0 * math.sqrt(max(p * (1.0 - p), 1.0 / m) / m) + 2.0 / m
+        # Two selections on the sample: cheaper than sorting it.
+        lo = sample.kthvalue(max(1, int((p - spread) * m) + 1)).values
+        hi = sample.kthvalue(min(m, int(math.ceil((p + spread) * m)) + 1)).values
+        at_least_lo = values >= lo
+        n_below = n - int(torch.count_nonzero(at_least_lo))
+        band = values[at_least_lo.logical_and_(values <= hi)]
         r = j - n_below
         if 1 <= r <= band.numel():
             kth = band.kthvalue(r).values
