@@ -10,14 +10,13 @@ the median of the per-repetition ratios after warm-up (times: medians too):
   1. training step (forward + backward + optimizer step)
   2. all masks of one step, ours against a naive edge-popup (clone, full sort, scatter)
   3. beam-5 generation through fairseq's SequenceGenerator (fixed output length)
-  4. peak memory of a training step (CUDA: max allocated; CPU: peak RSS of a child process)
+  4. peak memory of a training step: tensor bytes held at once beyond the model and what was
+     live before the step (measured on the warm-up step, fresh optimizer state included)
 """
 import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -116,24 +115,36 @@ def generation(model, task, src, device, out_len):
     return lambda: gen.generate([model], sample)
 
 
-def peak_memory_children(arch, max_tokens):
-    """Peak RSS (bytes) that a training step adds to a fresh process (CPU), masked and dense.
+def step_peak_bytes(fn, device):
+    """Peak bytes of tensors that ``fn()`` holds at once, beyond those live when it starts.
 
-    The two processes run at the same time: a peak is a per-process figure, not a timing.
+    CUDA: the caching allocator's statistics. CPU: the profiler's allocation events
+    (every tensor allocation and free, in time order), summed to the highest point.
     """
-    procs = {}
-    for which in ("masked", "dense"):
-        code = ("import json;from one_layer_lottery import bench as b;"
-                f"print('RESULT', json.dumps(b._child_peak({arch!r}, {which!r}, {max_tokens})))")
-        procs[which] = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
-    peaks = {}
-    for which, proc in procs.items():
-        out, err = proc.communicate()
-        if proc.returncode != 0 or "RESULT" not in out:
-            raise RuntimeError(f"the {which} peak-memory process failed:\n{err[-2000:]}")
-        peaks[which] = json.loads(out.split("RESULT", 1)[1])
-    return peaks
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    if not events:
+        raise RuntimeError("the profiler recorded no allocations: cannot measure peak memory")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def model_bytes(model):
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
 def paired(times):
@@ -142,26 +153,9 @@ def paired(times):
     return ratio, {k: statistics.median(v) for k, v in times.items()}
 
 
-def _vm_bytes(field):
-    # From /proc: unlike getrusage's ru_maxrss, VmHWM is not inherited from the parent process.
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _child_peak(arch, which, max_tokens):
-    model, _ = build(which, arch, _dictionary_dir())
-    base = _vm_bytes("VmHWM")
-    model.train()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    for batch in make_batches(1, max_tokens):
-        train_step(model, opt, batch, torch.device("cpu"), torch.float32)
-    return _vm_bytes("VmHWM") - base
-
-
 def run(args):
+    if args.warmup < 1 and not args.skip_memory:
+        raise ValueError("--warmup must be at least 1: the peak memory is measured on the first warm-up step")
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     torch.manual_seed(0)
@@ -179,18 +173,17 @@ def run(args):
     for name, model in (("masked", masked), ("dense", dense)):
         model.to(device).train()
         model.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    if device.type == "cuda":
-        peaks = {}
+    peaks = {}
     pair = (("masked", masked), ("dense", dense))
     for i, batch in enumerate(batches):
         for name, model in pair if i % 2 == 0 else pair[::-1]:  # alternate who runs first
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            t = timed(lambda: train_step(model, model.optimizer, batch, device, dtype), device)
-            if device.type == "cuda":
-                peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated())
-            if i >= args.warmup:
-                times[name].append(t)
+            step = lambda: train_step(model, model.optimizer, batch, device, dtype)  # noqa: E731
+            if i == 0 and not args.skip_memory:
+                peaks[name] = step_peak_bytes(step, device)  # on the (untimed) first warm-up step
+            elif i >= args.warmup:
+                times[name].append(timed(step, device))
+            else:
+                step()
     results["train_step_ratio"], results["train_step_s"] = paired(times)
     results["train_step_all_s"] = times
 
@@ -223,13 +216,10 @@ def run(args):
     results["generate_all_s"] = gen_t
 
     # 4. peak memory of a training step
-    if device.type == "cuda":
+    if peaks:
         results["peak_memory_bytes"] = peaks
-    elif not args.skip_memory:
-        results["peak_memory_bytes"] = peak_memory_children(args.arch, args.max_tokens)
-    if "peak_memory_bytes" in results:
-        p = results["peak_memory_bytes"]
-        results["peak_memory_ratio"] = p["masked"] / p["dense"]
+        results["peak_memory_ratio"] = peaks["masked"] / peaks["dense"]
+        results["model_bytes"] = {"masked": model_bytes(masked), "dense": model_bytes(dense)}
     return results
 
 
@@ -245,11 +235,13 @@ def main(argv=None):
     parser.add_argument("--gen-reps", type=int, default=5)
     parser.add_argument("--gen-sentences", type=int, default=32)
     parser.add_argument("--gen-len", type=int, default=20)
-    parser.add_argument("--skip-memory", action="store_true", help="skip the CPU peak-memory child processes")
+    parser.add_argument("--skip-memory", action="store_true", help="do not measure peak memory")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    if args.warmup < 1 and not args.skip_memory:
+        parser.error("--warmup must be at least 1: the peak memory is measured on the first warm-up step")
     r = run(args)
     print(f"arch={r['arch']} device={r['device']} dtype={r['dtype']} max_tokens={r['max_tokens']} "
           f"threads={r['threads']}" + (f" gpu={r['gpu']}" if "gpu" in r else ""))
@@ -260,9 +252,10 @@ def main(argv=None):
     print(f"generation   masked/dense = {r['generate_ratio']:.3f}  "
           f"({r['generate_s']['masked']:.3f} s / {r['generate_s']['dense']:.3f} s)")
     if "peak_memory_ratio" in r:
-        p = r["peak_memory_bytes"]
+        p, mb = r["peak_memory_bytes"], r["model_bytes"]
         print(f"peak memory  masked/dense = {r['peak_memory_ratio']:.3f}  "
-              f"({p['masked'] / 2**20:.0f} MiB / {p['dense'] / 2**20:.0f} MiB)")
+              f"({p['masked'] / 2**20:.0f} MiB / {p['dense'] / 2**20:.0f} MiB; the models themselves: "
+              f"{mb['masked'] / 2**20:.0f} MiB / {mb['dense'] / 2**20:.0f} MiB)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2)

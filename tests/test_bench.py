@@ -1,6 +1,7 @@
 import math
 
 import pytest
+import torch
 
 from one_layer_lottery import bench
 from one_layer_lottery.models.one_layer_transformer import ARCHITECTURES
@@ -10,9 +11,10 @@ def test_benchmark_runs_and_reports_every_ratio(monkeypatch, capsys):
     # A small shape under the iwslt name keeps the test fast; the code path is the real one.
     monkeypatch.setitem(ARCHITECTURES, "one_layer_transformer_iwslt_de_en", (64, 128, 4, 2, {}))
     bench.main(["--max-tokens", "512", "--steps", "1", "--warmup", "1", "--mask-reps", "1", "--gen-reps", "1",
-                "--gen-sentences", "4", "--gen-len", "5", "--skip-memory"])
+                "--gen-sentences", "4", "--gen-len", "5"])
     out = capsys.readouterr().out
-    for line in ("train step   masked/dense", "mask compute naive/ours", "generation   masked/dense"):
+    for line in ("train step   masked/dense", "mask compute naive/ours", "generation   masked/dense",
+                 "peak memory  masked/dense"):
         assert line in out
     r = bench.run(bench.argparse.Namespace(arch="one_layer_transformer_iwslt_de_en", device="cpu", dtype="bf16",
                                            max_tokens=256, steps=1, warmup=0, mask_reps=1, gen_reps=1,
@@ -29,6 +31,18 @@ def test_ratio_is_the_median_of_the_per_repetition_ratios():
     assert medians == {"masked": 3.0, "dense": 2.0}
 
 
-def test_a_failing_peak_memory_process_is_reported_by_name():
-    with pytest.raises(RuntimeError, match="(?s)masked peak-memory process failed.*no_such_arch"):
-        bench.peak_memory_children("no_such_arch", 256)
+def test_step_peak_counts_what_is_held_at_once():
+    def step():
+        a = torch.empty(1 << 18)  # 1 MiB
+        b = torch.empty(1 << 19)  # 2 MiB while a is alive: the peak
+        del a, b
+        torch.empty(1 << 19)  # 2 MiB again, after both were freed
+
+    peak = bench.step_peak_bytes(step, torch.device("cpu"))
+    assert 3 << 20 <= peak < (3 << 20) + (64 << 10)
+
+
+def test_peak_memory_needs_a_warm_up_step(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--warmup", "0"])
+    assert "--warmup must be at least 1" in capsys.readouterr().err
