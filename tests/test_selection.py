@@ -168,3 +168,17 @@ def test_narrowed_kth_smallest_is_exact(kind):
          "bf16": torch.randn(n, generator=g).bfloat16(), "sorted": torch.arange(n).float()}[kind].abs()
     for j in (1, 2, n // 10, n // 2, n - 5, n):
         assert torch.equal(kth_smallest(x, j), x.kthvalue(j).values)
+
+
+def test_kth_smallest_stays_exact_when_the_sample_misleads():
+    # Every sampled position holds the minimum, so the sample brackets a band of zeros only and
+    # the answer lies outside it: the full selection must take over.
+    from one_layer_lottery.masking import selection
+
+    n = 1 << 17
+    x = torch.arange(n, dtype=torch.float32)
+    x[:: n // selection._SAMPLE] = 0.0
+    for j in (1, n // 2, n):
+        assert torch.equal(selection.kth_smallest(x, j), x.kthvalue(j).values)
+    mask = selection.topk_mask(x, n // 4)
+    assert int(mask.sum()) == n // 4 and bool(x[mask].min() >= x[~mask].max())
