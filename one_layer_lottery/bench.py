@@ -153,9 +153,13 @@ def paired(times):
     return ratio, {k: statistics.median(v) for k, v in times.items()}
 
 
-def run(args):
+def check_args(args):
     if args.warmup < 1 and not args.skip_memory:
         raise ValueError("--warmup must be at least 1: the peak memory is measured on the first warm-up step")
+
+
+def run(args):
+    check_args(args)
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     torch.manual_seed(0)
@@ -192,9 +196,10 @@ def run(args):
     scores = [m.score_tensor.detach() for m in layers]
     ratio = layers[0].mask_config.prune_ratio
     ours, naive = [], []
-    timed(lambda: [m.mask() for m in layers], device)  # warm-up (the naive sort needs none)
+    our_masks = lambda: [m.mask() for m in layers]  # noqa: E731
+    timed(our_masks, device)  # warm-up (the naive sort needs none)
     for _ in range(args.mask_reps):
-        ours.append(timed(lambda: [m.mask() for m in layers], device))
+        ours.append(timed(our_masks, device))
         naive.append(timed(lambda: naive_masks(scores, ratio), device))
     mask_t = {"ours": statistics.median(ours), "naive": statistics.median(naive)}
     results["mask_s"] = mask_t
@@ -240,8 +245,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
-    if args.warmup < 1 and not args.skip_memory:
-        parser.error("--warmup must be at least 1: the peak memory is measured on the first warm-up step")
+    try:
+        check_args(args)
+    except ValueError as e:
+        parser.error(str(e))
     r = run(args)
     print(f"arch={r['arch']} device={r['device']} dtype={r['dtype']} max_tokens={r['max_tokens']} "
           f"threads={r['threads']}" + (f" gpu={r['gpu']}" if "gpu" in r else ""))
