@@ -1,0 +1,50 @@
+"""Command line of the study runner (see the package docstring)."""
+import argparse
+import sys
+
+from . import __doc__ as USAGE
+from .results import ResultError
+from .spec import StudyError, load
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m one_layer_lottery.study", description=USAGE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train and score every run that has no result file yet")
+    run.add_argument("study")
+    run.add_argument("only", nargs="*", metavar="RUN_OR_EXPERIMENT",
+                     help="run these (in this order) instead of all, e.g. dense-s1 or small")
+    run.add_argument("--commit", action="store_true", help="git-commit each result file as soon as it is written")
+    table = sub.add_parser("table", help="Markdown table of the result files")
+    table.add_argument("study")
+    table.add_argument("--out", help="also write the table to this file")
+    plot = sub.add_parser("plot", help="figure of the result files")
+    plot.add_argument("study")
+    plot.add_argument("out_png")
+    args = parser.parse_args(argv)
+    try:
+        study = load(args.study)
+        if args.command == "run":
+            from .runner import run_study
+
+            return 1 if run_study(study, study.select(args.only), commit=args.commit) else 0
+        from . import report
+
+        rows = report.collect(study)
+        if args.command == "table":
+            text = report.markdown(study, rows)
+            print(text, end="")
+            if args.out:
+                report.write_text(args.out, text)
+        else:
+            report.plot(study, rows, args.out_png)
+            print(f"study: figure written to {args.out_png}")
+    except (StudyError, ResultError) as e:
+        print(f"study: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""What a study needs from fairseq's output: validations, parameter counts and speed from a
+``fairseq-train --log-format simple`` log, hypotheses and BLEU from ``fairseq-generate``."""
+import re
+from typing import Dict, List
+
+_VALID = re.compile(r"valid on 'valid' subset \| (.*)$")
+_TRAIN_EPOCH = re.compile(r"\| train \| epoch \d+ \| (.*)$")
+_PARAMS = re.compile(r"num\. shared model params: ([\d,]+) \(num\. trained: ([\d,]+)\)")
+_GENERATE = re.compile(r"^Generate (\S+) with beam=(\d+): BLEU4 = ([\d.]+), .*?\(BP=([\d.]+), ratio=([\d.]+), "
+                       r"syslen=(\d+), reflen=(\d+)\)")
+
+
+class LogError(ValueError):
+    pass
+
+
+def _fields(text: str) -> Dict[str, str]:
+    out = {}
+    for item in text.split(" | "):
+        key, _, value = item.strip().partition(" ")
+        if key and value:
+            out[key] = value
+    return out
+
+
+def validations(log_text: str) -> List[dict]:
+    """One entry per update validated, in update order; a validation repeated after a resume keeps the last."""
+    by_update = {}
+    for line in log_text.splitlines():
+        m = _VALID.search(line)
+        if m:
+            f = _fields(m.group(1))
+            if "num_updates" in f:
+                by_update[int(f["num_updates"])] = {
+                    "update": int(f["num_updates"]), "loss": float(f["loss"]),
+                    "nll_loss": float(f["nll_loss"]) if "nll_loss" in f else None,
+                    "bleu": float(f["bleu"]) if "bleu" in f else None}
+    return [by_update[u] for u in sorted(by_update)]
+
+
+def training_summary(log_text: str) -> dict:
+    """Parameter counts, the last update, train wall time (fairseq's, carried across resumes) and words/s."""
+    params = _PARAMS.findall(log_text)
+    if not params:
+        raise LogError("no 'num. shared model params' line: fairseq-train did not build the model")
+    total, trained = (int(x.replace(",", "")) for x in params[-1])
+    epochs = [_fields(m.group(1)) for m in map(_TRAIN_EPOCH.search, log_text.splitlines()) if m]
+    if not epochs:
+        raise LogError("no end-of-epoch training line: fairseq-train did not finish an epoch")
+    words = sum(float(e["wps"]) * float(e["train_wall"]) for e in epochs if "wps" in e and "train_wall" in e)
+    seconds = sum(float(e["train_wall"]) for e in epochs if "train_wall" in e)
+    return {"params_total": total, "params_trained": trained, "params_frozen": total - trained,
+            "updates": int(epochs[-1]["num_updates"]), "train_wall_s": float(epochs[-1].get("wall", "nan")),
+            "train_words_per_s": round(words / seconds, 1) if seconds else None}
+
+
+def generation(stdout: str) -> dict:
+    """Tokenised BLEU line and the hypotheses (detokenised-BPE text) in sentence order."""
+    hyps = {}
+    for line in stdout.splitlines():
+        if line.startswith("H-"):
+            head, _, text = line.partition("\t")
+            _score, _, text = text.partition("\t")
+            hyps[int(head[2:])] = text
+    score = None
+    for line in stdout.splitlines():
+        m = _GENERATE.match(line)
+        if m:
+            score = m
+    if score is None:
+        raise LogError("no 'Generate ... BLEU4 = ...' line in fairseq-generate's output")
+    if sorted(hyps) != list(range(len(hyps))):
+        raise LogError(f"fairseq-generate's hypotheses are not numbered 0..{len(hyps) - 1}")
+    return {"subset": score.group(1), "beam": int(score.group(2)), "bleu": float(score.group(3)),
+            "brevity_penalty": float(score.group(4)), "length_ratio": float(score.group(5)),
+            "sys_len": int(score.group(6)), "ref_len": int(score.group(7)),
+            "hypotheses": [hyps[i] for i in range(len(hyps))]}

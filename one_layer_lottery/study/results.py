@@ -1,0 +1,45 @@
+"""The result file of one finished run (``<results>/<run id>.json``): writing and checked reading."""
+import json
+import os
+
+from ..compact import atomic_output
+
+# Every field a finished run records; a file missing one is reported as partial.
+FIELDS = ("id", "experiment", "seed", "about", "flags", "command", "commit", "valid", "test", "train",
+          "wall_s", "finished")
+TEST_FIELDS = ("bleu_tokenised", "sacrebleu", "sacrebleu_signature", "length_ratio", "brevity_penalty",
+               "sentences", "checkpoint_update")
+
+
+class ResultError(ValueError):
+    """A result file that cannot be read; the message names the file."""
+
+
+def write(path: str, result: dict) -> None:
+    missing = [k for k in FIELDS if k not in result]
+    if missing:
+        raise ValueError(f"result for {path} lacks {missing}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+
+
+def read(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            result = json.load(f)
+    except OSError as e:
+        raise ResultError(f"{path}: cannot read ({e.strerror})") from e
+    except ValueError as e:
+        raise ResultError(f"{path}: not valid JSON ({e}); delete it to run the experiment again") from e
+    if not isinstance(result, dict):
+        raise ResultError(f"{path}: not a result object")
+    missing = [k for k in FIELDS if k not in result]
+    if not missing and isinstance(result.get("test"), dict):
+        missing = [f"test.{k}" for k in TEST_FIELDS if k not in result["test"]]
+    if missing:
+        raise ResultError(f"{path}: partial result, missing {', '.join(missing)}; delete it to run the "
+                          "experiment again")
+    return result

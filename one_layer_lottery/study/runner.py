@@ -1,0 +1,186 @@
+"""Run the missing runs of a study: train (resuming from ``checkpoint_last.pt``), score the test
+set once with the best checkpoint, write the result file, optionally commit it."""
+import os
+import subprocess
+import sys
+import time
+from typing import Callable, List
+
+from . import fairseq_logs, results
+from .spec import Run, Study, cli_flags
+
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(PACKAGE_DIR)
+
+
+class RunError(RuntimeError):
+    """A run that could not finish; the message says which step failed and where its log is."""
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", REPO_ROOT, *args], capture_output=True, text=True)
+
+
+def code_version() -> dict:
+    head = _git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None}
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", "one_layer_lottery", "configs")
+    return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def _call(argv: List[str], log_path: str, step: str, mode: str = "a") -> None:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    with open(log_path, mode, encoding="utf-8") as log:
+        log.write(f"# {' '.join(argv)}\n")
+        log.flush()
+        code = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if code != 0:
+        raise RunError(f"{step} failed (exit {code}); last lines of {log_path}:\n{_tail(log_path)}")
+
+
+def _embedding_flags(study: Study, run: Run, run_dir: str, ensure: Callable[[Run], None]) -> List[str]:
+    from ..dump_embeddings import DumpError, dump_embeddings
+
+    source = study.run(run.embeddings_from)
+    checkpoint = os.path.join(study.run_dir(source), "checkpoints", "checkpoint_best.pt")
+    prefix = os.path.join(run_dir, "embeddings")
+    encoder, decoder = f"{prefix}.encoder.txt", f"{prefix}.decoder.txt"
+    if not (os.path.isfile(encoder) and os.path.isfile(decoder)):
+        if not os.path.isfile(checkpoint):
+            if os.path.isfile(study.result_path(source)):
+                raise RunError(f"{run.id} takes its embeddings from {source.id}, whose result exists but whose "
+                               f"checkpoint {checkpoint} is gone: move {study.result_path(source)} aside to "
+                               "train it again")
+            ensure(source)
+        try:
+            dump_embeddings(checkpoint, prefix, study.data)
+        except DumpError as e:
+            raise RunError(f"{run.id}: cannot dump the embeddings of {checkpoint}: {e}") from e
+    if run.flags.get("share-all-embeddings"):
+        return ["--encoder-embed-path", encoder]
+    return ["--encoder-embed-path", encoder, "--decoder-embed-path", decoder]
+
+
+def _sacrebleu(study: Study, hypotheses: List[str]) -> dict:
+    import sacrebleu
+    from fairseq.data import data_utils
+    from sacremoses import MosesDetokenizer
+
+    if not study.references or not os.path.isfile(study.references):
+        raise RunError(f"the raw test references {study.references} are missing (study key 'references')")
+    with open(study.references, encoding="utf-8") as f:
+        refs = [line.rstrip("\n") for line in f]
+    if len(refs) != len(hypotheses):
+        raise RunError(f"{study.references} has {len(refs)} lines but fairseq-generate decoded "
+                       f"{len(hypotheses)} test sentences")
+    _, target = data_utils.infer_language_pair(study.data)
+    detok = MosesDetokenizer(lang=target or "en")
+    detokenised = [detok.detokenize(h.split()) for h in hypotheses]
+    metric = sacrebleu.metrics.BLEU(lowercase=study.lowercase)
+    score = metric.corpus_score(detokenised, [refs])
+    return {"sacrebleu": round(score.score, 2), "sacrebleu_signature": str(metric.get_signature())}
+
+
+def _best_update(log_text: str, valid: List[dict]) -> int:
+    scored = [v for v in valid if v["bleu"] is not None]
+    if not scored:
+        raise RunError("no validation BLEU in the training log: the study needs --eval-bleu")
+    return max(scored, key=lambda v: (v["bleu"], -v["update"]))["update"]
+
+
+def run_one(study: Study, run: Run, ensure: Callable[[Run], None], python: str = sys.executable,
+            say: Callable[[str], None] = print) -> dict:
+    run_dir = study.run_dir(run)
+    checkpoints = os.path.join(run_dir, "checkpoints")
+    os.makedirs(checkpoints, exist_ok=True)
+    train_log, trained = os.path.join(run_dir, "train.log"), os.path.join(run_dir, "train.done")
+    started, version = time.time(), code_version()
+    extra = _embedding_flags(study, run, run_dir, ensure) if run.embeddings_from else []
+    train_argv = [python, "-m", "fairseq_cli.train", study.data, "--user-dir", PACKAGE_DIR,
+                  *cli_flags(run.flags), *extra, "--seed", str(run.seed), "--save-dir", checkpoints]
+    if not os.path.isfile(trained):
+        resumed = os.path.isfile(os.path.join(checkpoints, "checkpoint_last.pt"))
+        say(f"study: {run.id}: {'resuming' if resumed else 'training'} (log: {train_log})")
+        _call(train_argv, train_log, "fairseq-train")
+        open(trained, "w").close()
+    with open(train_log, encoding="utf-8", errors="replace") as f:
+        log_text = f.read()
+    try:
+        valid = fairseq_logs.validations(log_text)
+        train = fairseq_logs.training_summary(log_text)
+    except fairseq_logs.LogError as e:
+        raise RunError(f"{run.id}: {train_log}: {e}") from e
+    best = os.path.join(checkpoints, "checkpoint_best.pt")
+    if not os.path.isfile(best):
+        raise RunError(f"{run.id}: training ended without {best}")
+
+    gen_log = os.path.join(run_dir, "generate.log")
+    if not os.path.isfile(gen_log):
+        say(f"study: {run.id}: scoring the test set")
+        partial = gen_log + ".partial"
+        _call([python, "-m", "fairseq_cli.generate", study.data, "--user-dir", PACKAGE_DIR, "--path", best,
+               *cli_flags(study.generate), "--seed", str(run.seed)], partial, "fairseq-generate", mode="w")
+        os.replace(partial, gen_log)
+    with open(gen_log, encoding="utf-8", errors="replace") as f:
+        try:
+            gen = fairseq_logs.generation(f.read())
+        except fairseq_logs.LogError as e:
+            raise RunError(f"{run.id}: {gen_log}: {e}") from e
+    test = {"bleu_tokenised": gen["bleu"], **_sacrebleu(study, gen["hypotheses"]),
+            "length_ratio": gen["length_ratio"], "brevity_penalty": gen["brevity_penalty"],
+            "sentences": len(gen["hypotheses"]), "checkpoint_update": _best_update(log_text, valid),
+            "generate_flags": cli_flags(study.generate)}
+    result = {"id": run.id, "experiment": run.name, "seed": run.seed, "about": run.about, "flags": run.flags,
+              "command": train_argv[3:], "commit": version, "valid": valid, "test": test, "train": train,
+              "wall_s": round(time.time() - started, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    results.write(study.result_path(run), result)
+    return result
+
+
+def commit_result(path: str, run_id: str, bleu: float) -> str:
+    """Commit one result file alone; returns a warning, or '' when committed."""
+    add = _git("add", "--", path)
+    done = add.returncode == 0 and _git("commit", "-q", "-m", f"study: {run_id}: test BLEU {bleu}", "--",
+                                        path).returncode == 0
+    return "" if done else f"could not commit {path} (it is written; commit it by hand)"
+
+
+def run_study(study: Study, runs: List[Run], commit: bool = False, say: Callable[[str], None] = print) -> int:
+    """Run each missing run in order; returns the number of runs that failed."""
+    failed, done = [], set()
+
+    def ensure(run: Run) -> None:
+        if run.id in done:
+            return
+        path = study.result_path(run)
+        if os.path.exists(path):
+            results.read(path)  # a corrupt or partial file is reported, never overwritten
+            say(f"study: {run.id}: done ({path})")
+        else:
+            result = run_one(study, run, ensure, say=say)
+            say(f"study: {run.id}: test BLEU {result['test']['bleu_tokenised']} (tokenised), "
+                f"{result['test']['sacrebleu']} (sacreBLEU) -> {path}")
+            if commit:
+                warning = commit_result(path, run.id, result["test"]["bleu_tokenised"])
+                if warning:
+                    say(f"study: warning: {warning}")
+        done.add(run.id)
+
+    for run in runs:
+        try:
+            ensure(run)
+        except (RunError, results.ResultError) as e:
+            failed.append(run.id)
+            say(f"study: {run.id}: error: {e}")
+    if failed:
+        say(f"study: {len(failed)} run(s) failed: {', '.join(failed)}")
+    return len(failed)
