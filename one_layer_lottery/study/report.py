@@ -1,0 +1,121 @@
+"""Table and figure of a study, from its result files alone (no checkpoints or logs needed)."""
+import os
+import statistics
+from typing import Dict, List
+
+from ..compact import atomic_output
+from . import results
+from .spec import Study
+
+
+def collect(study: Study) -> Dict[str, List[dict]]:
+    """{experiment: [result per finished seed]} in study order; a broken result file is an error naming it."""
+    rows: Dict[str, List[dict]] = {}
+    errors = []
+    for run in study.runs:
+        path = study.result_path(run)
+        if not os.path.exists(path):
+            continue
+        try:
+            rows.setdefault(run.name, []).append(results.read(path))
+        except results.ResultError as e:
+            errors.append(str(e))
+    if errors:
+        raise results.ResultError("\n".join(errors))
+    if not rows:
+        raise results.ResultError(f"no result files in {study.results} yet: run the study first")
+    return rows
+
+
+def _mean_sd(values: List[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def _test(runs: List[dict], key: str) -> List[float]:
+    return [r["test"][key] for r in runs]
+
+
+def markdown(study: Study, rows: Dict[str, List[dict]]) -> str:
+    expected = {}
+    for run in study.runs:
+        expected[run.name] = expected.get(run.name, 0) + 1
+    ref = rows.get(study.reference_experiment) if study.reference_experiment else None
+    ref_bleu = statistics.mean(_test(ref, "bleu_tokenised")) if ref else None
+    show_share = study.reference_experiment is not None
+    head = ["experiment", "what", "seeds", "trained / frozen params", "best valid BLEU",
+            "test BLEU (tokenised)", "sacreBLEU", "length ratio", "train min", "words/s"]
+    if show_share:
+        head.insert(7, f"% of {study.reference_experiment}")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, runs in rows.items():
+        bleu = _test(runs, "bleu_tokenised")
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        if len(runs) < expected.get(name, 0):
+            seeds += f" ({len(runs)} of {expected[name]})"
+        per_seed = f" ({' / '.join(f'{b:.2f}' for b in bleu)})" if len(bleu) > 1 else ""
+        train = runs[0]["train"]
+        cells = [name, runs[0]["about"], seeds,
+                 f"{train['params_trained'] / 1e6:.2f}M / {train['params_frozen'] / 1e6:.2f}M",
+                 _mean_sd([max(v["bleu"] for v in r["valid"] if v["bleu"] is not None) for r in runs]),
+                 f"**{_mean_sd(bleu)}**{per_seed}", _mean_sd(_test(runs, "sacrebleu")),
+                 _mean_sd(_test(runs, "length_ratio")),
+                 f"{statistics.mean(r['train']['train_wall_s'] for r in runs) / 60:.0f}",
+                 f"{statistics.mean(r['train']['train_words_per_s'] or 0 for r in runs):.0f}"]
+        if show_share:
+            cells.insert(7, f"{100 * statistics.mean(bleu) / ref_bleu:.0f}%" if ref_bleu else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    signatures = sorted({r["test"]["sacrebleu_signature"] for runs in rows.values() for r in runs})
+    lines.append("")
+    lines.append(f"sacreBLEU signature: `{'`, `'.join(signatures)}`. Mean ± sample standard deviation over "
+                 "seeds, per-seed values in brackets.")
+    return "\n".join(lines) + "\n"
+
+
+def write_text(path: str, text: str) -> None:
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def plot(study: Study, rows: Dict[str, List[dict]], out_png: str) -> None:
+    """Left: validation BLEU over updates (mean over seeds, band min-max); right: test BLEU per experiment."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (curves, bars) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100, gridspec_kw={"width_ratios": [1.1, 1]})
+    for name, runs in rows.items():
+        by_update: Dict[int, List[float]] = {}
+        for r in runs:
+            for v in r["valid"]:
+                if v["bleu"] is not None:
+                    by_update.setdefault(v["update"], []).append(v["bleu"])
+        xs = sorted(by_update)
+        line, = curves.plot(xs, [statistics.mean(by_update[x]) for x in xs], marker="o", ms=3, label=name)
+        if len(runs) > 1:
+            curves.fill_between(xs, [min(by_update[x]) for x in xs], [max(by_update[x]) for x in xs],
+                                color=line.get_color(), alpha=0.15)
+    curves.set_xlabel("updates")
+    curves.set_ylabel("validation BLEU (beam 5)")
+    curves.grid(alpha=0.3)
+    curves.legend(fontsize=7, ncol=2)
+    names = list(rows)
+    means = [statistics.mean(_test(rows[n], "bleu_tokenised")) for n in names]
+    bars.barh(range(len(names)), means, color="#9ab")
+    for i, n in enumerate(names):
+        bars.plot(_test(rows[n], "bleu_tokenised"), [i] * len(rows[n]), "k.", ms=6)
+        bars.text(means[i] + 0.3, i, f"{means[i]:.2f}", va="center", fontsize=8)
+    bars.set_yticks(range(len(names)), names, fontsize=8)
+    bars.invert_yaxis()
+    bars.set_xlabel("test BLEU, tokenised (bar: mean; dots: seeds)")
+    bars.grid(axis="x", alpha=0.3)
+    fig.suptitle(study.title)
+    fig.tight_layout()
+    folder = os.path.dirname(os.path.abspath(out_png))
+    os.makedirs(folder, exist_ok=True)
+    with atomic_output(out_png) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -1,0 +1,195 @@
+"""The study runner end to end on the sample corpus: result files, skipping, resuming, failures,
+table and figure from the result files alone, broken result files reported by name."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import ROOT, run_cli
+from one_layer_lottery.study import report, results
+from one_layer_lottery.study.spec import StudyError, cli_flags, load
+
+TINY_SHAPE = {"encoder-embed-dim": 64, "encoder-ffn-embed-dim": 128, "encoder-layers": 2, "decoder-layers": 2,
+              "decoder-embed-dim": 64, "decoder-ffn-embed-dim": 128, "encoder-attention-heads": 4,
+              "decoder-attention-heads": 4, "share-all-embeddings": True}
+
+
+@pytest.fixture(scope="module")
+def joined_bin(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study-bin")
+    data = ROOT / "data" / "sample"
+    run_cli("fairseq-preprocess", "--source-lang", "de", "--target-lang", "en", "--joined-dictionary",
+            "--trainpref", data / "train", "--validpref", data / "valid", "--testpref", data / "test",
+            "--destdir", out, "--workers", "1")
+    return out
+
+
+def write_study(folder, data, experiments):
+    doc = {"title": "tiny", "data": str(data), "references": str(ROOT / "data" / "sample" / "test.en"),
+           "results": "results", "work": "work", "reference_experiment": "dense",
+           "train": {**TINY_SHAPE, "optimizer": "adam", "lr": 0.005, "max-tokens": 2000, "max-update": 20,
+                     "no-epoch-checkpoints": True, "validate-interval": 1000, "validate-interval-updates": 10,
+                     "save-interval-updates": 10, "keep-interval-updates": 1, "eval-bleu": True,
+                     "eval-bleu-args": '{"beam": 2, "max_len_b": 20}', "best-checkpoint-metric": "bleu",
+                     "maximize-best-checkpoint-metric": True, "log-format": "simple", "log-interval": 5,
+                     "num-workers": 0},
+           "generate": {"gen-subset": "test", "beam": 2, "batch-size": 128, "max-len-b": 20,
+                        "required-batch-size-multiple": 1},
+           "models": {"dense": {"arch": "transformer_iwslt_de_en"},
+                      "one-layer": {"arch": "one_layer_transformer_iwslt_de_en", "init": "signed_constant"}},
+           "experiments": experiments}
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def study_cli(*args, timeout=600):
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "one_layer_lottery.study", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def finished(joined_bin, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("study")
+    path = write_study(folder, joined_bin, [
+        {"name": "dense", "about": "trained", "model": "dense"},
+        {"name": "small", "about": "one layer", "model": "one-layer", "seeds": [1, 2],
+         "flags": {"prune-ratio": 0.5}}])
+    proc = study_cli("run", path, "dense", "small-s1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return folder, path, proc
+
+
+def test_run_writes_every_field(finished):
+    folder, _, proc = finished
+    for run_id in ("dense-s1", "small-s1"):
+        result = results.read(str(folder / "results" / f"{run_id}.json"))
+        assert result["id"] == run_id and result["seed"] == 1
+        assert [v["update"] for v in result["valid"]] == [10, 20]
+        assert all(v["bleu"] is not None and v["loss"] > 0 for v in result["valid"])
+        test = result["test"]
+        assert test["sentences"] == 300 and 0 <= test["bleu_tokenised"] <= 100
+        assert test["sacrebleu_signature"].startswith("nrefs:1|case:mixed")
+        assert test["checkpoint_update"] in (10, 20) and test["length_ratio"] > 0
+        assert result["train"]["updates"] == 20 and result["train"]["train_words_per_s"] > 0
+        assert result["commit"]["commit"] and "--seed" in result["command"]
+    dense = results.read(str(folder / "results" / "dense-s1.json"))
+    small = results.read(str(folder / "results" / "small-s1.json"))
+    assert dense["train"]["params_frozen"] == 0 and dense["train"]["params_trained"] > 0
+    # the one-layer model trains only scores: as many as there are frozen weights it masks, at most
+    assert small["train"]["params_frozen"] > 0 and small["flags"]["prune-ratio"] == 0.5
+    assert "small-s2" not in proc.stdout  # only the runs asked for
+
+
+def test_second_run_skips_finished(finished):
+    folder, path, _ = finished
+    before = {p: p.stat().st_mtime_ns for p in (folder / "results").iterdir()}
+    proc = study_cli("run", path, "dense-s1", "small-s1")
+    assert proc.returncode == 0, proc.stderr
+    assert "dense-s1: done" in proc.stdout and "small-s1: done" in proc.stdout
+    assert "training" not in proc.stdout
+    assert {p: p.stat().st_mtime_ns for p in (folder / "results").iterdir()} == before
+
+
+def test_killed_run_resumes_from_checkpoint_last(finished):
+    folder, path, _ = finished
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "one_layer_lottery.study", "run", str(path), "small-s2"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    last = folder / "work" / "small-s2" / "checkpoints" / "checkpoint_last.pt"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert last.exists() and not (folder / "results" / "small-s2.json").exists()
+    resumed = study_cli("run", path, "small-s2")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "small-s2: resuming" in resumed.stdout
+    log = (folder / "work" / "small-s2" / "train.log").read_text()
+    assert "Loaded checkpoint" in log and "num_updates 10" in log
+    result = results.read(str(folder / "results" / "small-s2.json"))
+    assert [v["update"] for v in result["valid"]] == [10, 20] and result["train"]["updates"] == 20
+
+
+def test_table_and_figure_from_result_files_alone(finished, tmp_path):
+    folder, path, _ = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(folder / "results", copy / "results")
+    shutil.copy(path, copy / "study.yaml")  # no work/ folder: no checkpoints, no logs
+    table = study_cli("table", copy / "study.yaml", "--out", copy / "table.md")
+    assert table.returncode == 0, table.stderr
+    dense = results.read(str(copy / "results" / "dense-s1.json"))["test"]["bleu_tokenised"]
+    assert f"**{dense:.2f}**" in table.stdout and "% of dense" in table.stdout
+    assert (copy / "table.md").read_text() == table.stdout
+    figure = study_cli("plot", copy / "study.yaml", copy / "fig.png")
+    assert figure.returncode == 0, figure.stderr
+    assert (copy / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_numbers(tmp_path):
+    study = load(str(ROOT / "configs" / "study" / "multi30k.yaml"))
+
+    def fake(run_id, name, seed, bleu):
+        return {"id": run_id, "experiment": name, "seed": seed, "about": name, "flags": {}, "command": [],
+                "commit": {}, "valid": [{"update": 100, "loss": 5.0, "nll_loss": 4.0, "bleu": bleu - 1}],
+                "test": {"bleu_tokenised": bleu, "sacrebleu": bleu, "sacrebleu_signature": "sig",
+                         "length_ratio": 1.0, "brevity_penalty": 1.0, "sentences": 3, "checkpoint_update": 100},
+                "train": {"params_trained": 2e6, "params_frozen": 1e6, "train_wall_s": 600,
+                          "train_words_per_s": 2000.0}, "wall_s": 700, "finished": "now"}
+
+    rows = {"dense": [fake("dense-s1", "dense", 1, 30.0), fake("dense-s2", "dense", 2, 32.0)],
+            "small": [fake("small-s1", "small", 1, 24.8)]}
+    table = report.markdown(study, rows).splitlines()
+    assert table[2].startswith("| dense | dense | 1, 2 (2 of 3) | 2.00M / 1.00M | 30.00 ± 1.41 | "
+                               "**31.00 ± 1.41** (30.00 / 32.00) | 31.00 ± 1.41 | 100% | 1.00 ± 0.00 | 10 | 2000 |")
+    assert "| **24.80** | 24.80 | 80% |" in table[3]
+
+
+@pytest.mark.parametrize("content, problem", [("{\"id\": ", "not valid JSON"), ("{\"id\": \"dense-s1\"}", "partial")])
+def test_broken_result_reported_by_name(finished, tmp_path, content, problem):
+    folder, path, _ = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(folder / "results", copy / "results")
+    shutil.copy(path, copy / "study.yaml")
+    broken = copy / "results" / "dense-s1.json"
+    broken.write_text(content)
+    for args in (("table", copy / "study.yaml"), ("run", copy / "study.yaml", "dense-s1")):
+        proc = study_cli(*args)
+        assert proc.returncode != 0
+        assert str(broken) in proc.stdout + proc.stderr and problem in proc.stdout + proc.stderr
+    assert broken.read_text() == content  # never overwritten
+
+
+def test_failed_run_leaves_a_readable_error_and_no_result(joined_bin, tmp_path):
+    path = write_study(tmp_path, joined_bin, [{"name": "dense", "model": "dense"},
+                                             {"name": "broken", "model": "one-layer", "flags": {"init": "no_such"}}])
+    proc = study_cli("run", path, "broken")
+    assert proc.returncode == 1
+    assert "broken-s1: error: fairseq-train failed" in proc.stdout and "no_such" in proc.stdout
+    assert not (tmp_path / "results" / "broken-s1.json").exists()
+
+
+def test_spec_layers_and_errors(tmp_path):
+    study = load(str(ROOT / "configs" / "study" / "multi30k.yaml"))
+    runs = {r.id: r for r in study.runs}
+    assert {"dense-s3", "small-s3", "small+emb-s1", "wide-s1", "deep-s1", "paper-recipe-s1"} <= set(runs)
+    recipe = cli_flags(runs["paper-recipe-s1"].flags)
+    assert "--encoder-normalize-before" not in recipe and "--clip-norm" in recipe
+    assert "--encoder-normalize-before" in cli_flags(runs["small-s1"].flags)
+    assert runs["keep-30-s1"].flags["prune-ratio"] == 0.7 and runs["small+emb-s1"].embeddings_from == "dense-s1"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: x\nresults: r\nwork: w\nexperiments:\n  - {name: a, flags: {seed: 3}}\n")
+    with pytest.raises(StudyError, match="--seed is set by the runner"):
+        load(str(bad))
+    bad.write_text("data: x\nresults: r\nwork: w\nexperiments:\n  - {name: a, embeddings_from: z-s1}\n")
+    with pytest.raises(StudyError, match="not a run of this study"):
+        load(str(bad))
