@@ -130,6 +130,15 @@ def test_table_and_figure_from_result_files_alone(finished, tmp_path):
     dense = results.read(str(copy / "results" / "dense-s1.json"))["test"]["bleu_tokenised"]
     assert f"**{dense:.2f}**" in table.stdout and "% of dense" in table.stdout
     assert (copy / "table.md").read_text() == table.stdout
+    doc = copy / "doc.md"
+    doc.write_text("# Results\n<!-- study table -->\nold table\n<!-- /study table -->\nafter\n")
+    assert study_cli("table", copy / "study.yaml", "--into", doc).returncode == 0
+    assert doc.read_text() == ("# Results\n<!-- study table -->\n" + table.stdout + "<!-- /study table -->\n"
+                               "after\n")
+    doc.write_text("no markers\n")
+    unmarked = study_cli("table", copy / "study.yaml", "--into", doc)
+    assert unmarked.returncode == 2 and "no '<!-- study table -->'" in unmarked.stderr
+    assert doc.read_text() == "no markers\n"
     figure = study_cli("plot", copy / "study.yaml", copy / "fig.png")
     assert figure.returncode == 0, figure.stderr
     assert (copy / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -19,6 +19,8 @@ def main(argv=None) -> int:
     table = sub.add_parser("table", help="Markdown table of the result files")
     table.add_argument("study")
     table.add_argument("--out", help="also write the table to this file")
+    table.add_argument("--into", metavar="DOC.md", help="also put the table between the study-table markers of "
+                       "this Markdown file (<!-- study table --> and <!-- /study table -->)")
     plot = sub.add_parser("plot", help="figure of the result files")
     plot.add_argument("study")
     plot.add_argument("out_png")
@@ -37,6 +39,8 @@ def main(argv=None) -> int:
             print(text, end="")
             if args.out:
                 report.write_text(args.out, text)
+            if args.into:
+                report.fill_between_markers(args.into, text)
         else:
             report.plot(study, rows, args.out_png)
             print(f"study: figure written to {args.out_png}")

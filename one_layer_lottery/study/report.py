@@ -45,7 +45,7 @@ def markdown(study: Study, rows: Dict[str, List[dict]]) -> str:
     ref_bleu = statistics.mean(_test(ref, "bleu_tokenised")) if ref else None
     show_share = study.reference_experiment is not None
     head = ["experiment", "what", "seeds", "trained / frozen params", "best valid BLEU",
-            "test BLEU (tokenised)", "sacreBLEU", "length ratio", "train min", "words/s"]
+            "test BLEU (tokenised)", "sacreBLEU", "length ratio", "train wall min", "train words/s"]
     if show_share:
         head.insert(7, f"% of {study.reference_experiment}")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -71,6 +71,22 @@ def markdown(study: Study, rows: Dict[str, List[dict]]) -> str:
     lines.append(f"sacreBLEU signature: `{'`, `'.join(signatures)}`. Mean ± sample standard deviation over "
                  "seeds, per-seed values in brackets.")
     return "\n".join(lines) + "\n"
+
+
+BEGIN, END = "<!-- study table -->", "<!-- /study table -->"
+
+
+def fill_between_markers(path: str, text: str) -> None:
+    """Replace what lies between the study-table markers of a Markdown file (the rest is kept)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = f.read()
+    except OSError as e:
+        raise results.ResultError(f"cannot read {path}: {e.strerror}") from e
+    start, end = doc.find(BEGIN), doc.find(END)
+    if start < 0 or end < start:
+        raise results.ResultError(f"{path} has no '{BEGIN}' ... '{END}' markers to put the table between")
+    write_text(path, doc[:start + len(BEGIN)] + "\n" + text + doc[end:])
 
 
 def write_text(path: str, text: str) -> None:
