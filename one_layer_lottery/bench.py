@@ -70,9 +70,71 @@ def make_batches(n, max_tokens, seed=0, src_len=26, tgt_len=28):
     return batches
 
 
-def _sync(device):
+class CpuRuntime:
+    """Timing and memory accounting for models on the CPU."""
+
+    def __init__(self):
+        self.device = torch.device("cpu")
+
+    def synchronize(self):
+        pass  # CPU work is done when the call returns
+
+    def device_name(self):
+        return None
+
+    def peak_bytes(self, fn):
+        """Peak bytes of tensors that ``fn()`` holds at once, beyond those live when it starts:
+        the profiler's allocation events (every allocation and free, in time order), summed."""
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                        if e.name() == "[memory]")
+        if not events:
+            raise RuntimeError("the profiler recorded no allocations: cannot measure peak memory")
+        live = peak = 0
+        for _, nbytes in events:
+            live += nbytes
+            peak = max(peak, live)
+        return peak
+
+
+class CudaRuntime:
+    """Timing and memory accounting for models on a CUDA device: kernels run asynchronously (wait
+    for them before reading a clock) and the caching allocator keeps the peak statistics.
+
+    ``cuda`` is the ``torch.cuda`` module and ``device`` where the tensors go; tests pass a
+    stand-in and the CPU to run this code path without a GPU.
+    """
+
+    def __init__(self, device=None, cuda=torch.cuda):
+        self.device = torch.device("cuda") if device is None else torch.device(device)
+        self.cuda = cuda
+
+    def synchronize(self):
+        self.cuda.synchronize()
+
+    def device_name(self):
+        return self.cuda.get_device_name()
+
+    def peak_bytes(self, fn):
+        """Peak bytes allocated while ``fn()`` runs, beyond what was allocated when it started."""
+        self.cuda.synchronize()
+        self.cuda.reset_peak_memory_stats()
+        base = self.cuda.memory_allocated()
+        fn()
+        self.cuda.synchronize()
+        return self.cuda.max_memory_allocated() - base
+
+
+def runtime_for(device) -> "CpuRuntime | CudaRuntime":
+    device = torch.device(device)
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        return CudaRuntime(device)
+    if device.type == "cpu":
+        return CpuRuntime()
+    raise ValueError(f"--device must be cpu or cuda, got {device.type!r}")
 
 
 def train_step(model, optimizer, batch, device, dtype):
@@ -85,11 +147,11 @@ def train_step(model, optimizer, batch, device, dtype):
     optimizer.step()
 
 
-def timed(fn, device):
-    _sync(device)
+def timed(fn, runtime):
+    runtime.synchronize()
     start = time.perf_counter()
     fn()
-    _sync(device)
+    runtime.synchronize()
     return time.perf_counter() - start
 
 
@@ -121,26 +183,7 @@ def step_peak_bytes(fn, device):
     CUDA: the caching allocator's statistics. CPU: the profiler's allocation events
     (every tensor allocation and free, in time order), summed to the highest point.
     """
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
-    if not events:
-        raise RuntimeError("the profiler recorded no allocations: cannot measure peak memory")
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-    return peak
+    return runtime_for(device).peak_bytes(fn)
 
 
 def model_bytes(model):
@@ -158,9 +201,12 @@ def check_args(args):
         raise ValueError("--warmup must be at least 1: the peak memory is measured on the first warm-up step")
 
 
-def run(args):
+def run(args, runtime=None):
+    """The measurements as a dict. ``runtime`` (default: the one of ``args.device``) decides where
+    the tensors go and how time and memory are read."""
     check_args(args)
-    device = torch.device(args.device)
+    runtime = runtime_for(args.device) if runtime is None else runtime
+    device = runtime.device
     dtype = DTYPES[args.dtype]
     torch.manual_seed(0)
     data_dir = _dictionary_dir()
@@ -168,8 +214,9 @@ def run(args):
     dense, _ = build("dense", args.arch, data_dir)
     results = {"arch": args.arch, "device": args.device, "dtype": args.dtype, "max_tokens": args.max_tokens,
                "threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        results["gpu"] = torch.cuda.get_device_name()
+    name = runtime.device_name()
+    if name is not None:
+        results["gpu"] = name
 
     # 1. training step
     batches = make_batches(args.warmup + args.steps, args.max_tokens)
@@ -183,9 +230,9 @@ def run(args):
         for name, model in pair if i % 2 == 0 else pair[::-1]:  # alternate who runs first
             step = lambda: train_step(model, model.optimizer, batch, device, dtype)  # noqa: E731
             if i == 0 and not args.skip_memory:
-                peaks[name] = step_peak_bytes(step, device)  # on the (untimed) first warm-up step
+                peaks[name] = runtime.peak_bytes(step)  # on the (untimed) first warm-up step
             elif i >= args.warmup:
-                times[name].append(timed(step, device))
+                times[name].append(timed(step, runtime))
             else:
                 step()
     results["train_step_ratio"], results["train_step_s"] = paired(times)
@@ -197,10 +244,10 @@ def run(args):
     ratio = layers[0].mask_config.prune_ratio
     ours, naive = [], []
     our_masks = lambda: [m.mask() for m in layers]  # noqa: E731
-    timed(our_masks, device)  # warm-up (the naive sort needs none)
+    timed(our_masks, runtime)  # warm-up (the naive sort needs none)
     for _ in range(args.mask_reps):
-        ours.append(timed(our_masks, device))
-        naive.append(timed(lambda: naive_masks(scores, ratio), device))
+        ours.append(timed(our_masks, runtime))
+        naive.append(timed(lambda: naive_masks(scores, ratio), runtime))
     mask_t = {"ours": statistics.median(ours), "naive": statistics.median(naive)}
     results["mask_s"] = mask_t
     results["mask_speedup"] = mask_t["naive"] / mask_t["ours"]
@@ -214,7 +261,7 @@ def run(args):
             model.eval()
         for i in range(args.gen_reps + 1):
             for name, model in pair if i % 2 == 0 else pair[::-1]:
-                t = timed(generation(model, task, src, device, args.gen_len), device)
+                t = timed(generation(model, task, src, device, args.gen_len), runtime)
                 if i > 0:
                     gen_t[name].append(t)
     results["generate_ratio"], results["generate_s"] = paired(gen_t)

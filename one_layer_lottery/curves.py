@@ -6,25 +6,22 @@ Reads the ``valid on 'valid' subset`` lines that fairseq writes (``--log-format 
 default), prints one row per run (the metric at every validation), and plots metric over updates.
 """
 import argparse
-import os
-import re
 import sys
 
-_VALID = re.compile(r"valid on 'valid' subset \| (.*)$")
+from .checkpoints.atomic import atomic_output
+from .console import quiet_logging
+from .fairseq_logs import validation_lines
 
 
 def read_validations(path, metric="bleu"):
     """[(num_updates, value), ...] of every validation in a fairseq-train log, in order."""
     points = []
     with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            m = _VALID.search(line)
-            if not m:
-                continue
-            fields = dict(kv.strip().split(" ", 1) for kv in m.group(1).split(" | ") if " " in kv.strip())
-            if metric not in fields or "num_updates" not in fields:
-                raise ValueError(f"{path}:{line_no}: validation line without {metric!r} or num_updates")
-            points.append((int(fields["num_updates"]), float(fields[metric])))
+        text = f.read()
+    for line_no, fields in validation_lines(text):
+        if metric not in fields or "num_updates" not in fields:
+            raise ValueError(f"{path}:{line_no}: validation line without {metric!r} or num_updates")
+        points.append((int(fields["num_updates"]), float(fields[metric])))
     if not points:
         raise ValueError(f"{path}: no validation lines (\"valid on 'valid' subset\") found")
     return points
@@ -32,7 +29,7 @@ def read_validations(path, metric="bleu"):
 
 def plot(runs, out_png, metric="bleu", title=None):
     """Write a PNG of metric over updates, one line per run ({name: points})."""
-    import matplotlib
+    import matplotlib  # here: reading the logs does not need it (a second to import)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -48,14 +45,14 @@ def plot(runs, out_png, metric="bleu", title=None):
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    tmp = out_png + ".tmp.png"
-    fig.savefig(tmp)
+    with atomic_output(out_png) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, out_png)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    quiet_logging()
+    parser = argparse.ArgumentParser(prog="python -m one_layer_lottery.curves", description=__doc__.split("\n")[0])
     parser.add_argument("out_png")
     parser.add_argument("runs", nargs="+", metavar="NAME=TRAIN_LOG")
     parser.add_argument("--metric", default="bleu")

@@ -10,6 +10,8 @@ import argparse
 import os
 import random
 
+from .checkpoints.atomic import atomic_output
+
 # (gender, German noun, English noun)
 AGENTS = [
     ("m", "mann", "man"), ("m", "hund", "dog"), ("m", "junge", "boy"), ("m", "lehrer", "teacher"),
@@ -107,15 +109,14 @@ def write(out_dir, seed=2021):
     os.makedirs(out_dir, exist_ok=True)
     for split, pairs in generate(seed).items():
         for lang, col in (("de", 0), ("en", 1)):
-            path = os.path.join(out_dir, f"{split}.{lang}")
-            tmp = path + ".tmp"
-            with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-                f.writelines(p[col] + "\n" for p in pairs)
-            os.replace(tmp, path)
+            with atomic_output(os.path.join(out_dir, f"{split}.{lang}")) as tmp:
+                with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+                    f.writelines(p[col] + "\n" for p in pairs)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m one_layer_lottery.sample_corpus",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=2021)
     args = parser.parse_args()

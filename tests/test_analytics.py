@@ -8,8 +8,9 @@ import torch
 from fairseq.logging import metrics
 
 from conftest import SMALL, build
-from one_layer_lottery import analyze, compact, export
+from one_layer_lottery.checkpoints.fairseq_checkpoint import plain
 from one_layer_lottery.masking import MaskedWeight, naive_edge_popup_mask, num_kept
+from one_layer_lottery.subnetwork import analyze, export
 from test_compact import like_trained
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -88,7 +89,8 @@ def test_fairseq_train_writes_mask_scalars_to_tensorboard(trained_sample):
     assert all(0.0 <= v < 0.5 for v in flips) and max(flips) > 0
     overlaps = [e.value for t in tags if t.startswith("mask_jaccard/") for e in acc.Scalars(t)]
     assert all(0.0 < v < 1.0 for v in overlaps)
-    assert "mask_kept/encoder.0=0.5" in trained_sample.log.replace(" ", "")
+    log = trained_sample.log.replace(" ", "")
+    assert "mask_kept=0.5" in log and "mask_kept/" not in log
 
 
 def _check_report(report, state, prune_ratio):
@@ -137,7 +139,7 @@ def test_analyze_threshold_and_shared_scores(sample_bin, tmp_path):
         model, _, cfg = build(sample_bin, *SMALL, *flags)
         like_trained(model, seed=3)
         ckpt = tmp_path / "ckpt.pt"
-        torch.save({"cfg": compact.plain(cfg), "model": model.state_dict()}, ckpt)
+        torch.save({"cfg": plain(cfg), "model": model.state_dict()}, ckpt)
         report = analyze.mask_report(*analyze.read_masks(str(ckpt)))
         fc1 = [model.encoder.layers[i].fc1 for i in range(3)]
         kept = [m.mask().float().mean().item() for m in fc1]
@@ -149,3 +151,42 @@ def test_analyze_threshold_and_shared_scores(sample_bin, tmp_path):
             assert report["encoder"]["overlap"] == [[1.0] * 3] * 3 and not report["encoder"]["weights_shared"]
         paths = analyze.write_figures(report, str(tmp_path))
         assert all((tmp_path / p.split("/")[-1]).read_bytes().startswith(PNG) for p in paths.values())
+
+
+def test_log_lines_show_the_summary_and_tensorboard_every_value(sample_bin, tmp_path, caplog):
+    from fairseq.logging.progress_bar import JsonProgressBar, NoopProgressBar, SimpleProgressBar
+    from fairseq.logging.progress_bar import TensorboardProgressBarWrapper
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model, _, _ = build(sample_bin, *SMALL, "--mask-log-interval", 1)
+    model.train()
+    with metrics.aggregate(new_root=True) as agg:
+        model.set_num_updates(0)
+        like_trained(model, seed=5)
+        model.set_num_updates(1)
+        stats = agg.get_smoothed_values()
+    detail = [k for k in stats if k.startswith(("mask_kept/", "mask_flipped/", "mask_jaccard/"))]
+    assert len(detail) == 5 + 5 + 6 + 10
+    # The summary: kept fraction and flipped bits over every virtual layer, overlap per stack.
+    numel = {f"{stack}.{i}": sum(m.numel() for m in masks.values())
+             for stack in ("encoder", "decoder") for i, masks in _masks_by_layer(model, stack).items()}
+    assert stats["mask_kept"] == 0.5
+    flipped = sum(stats[f"mask_flipped/{layer}"] * n for layer, n in numel.items()) / sum(numel.values())
+    assert 0 < stats["mask_flipped"] == pytest.approx(flipped, abs=1e-4)
+    for stack in ("encoder", "decoder"):
+        overlaps = [v for k, v in stats.items() if k.startswith(f"mask_jaccard/{stack}.")]
+        assert stats[f"mask_jaccard_{stack}"] == pytest.approx(np.mean(overlaps), abs=1e-4)
+
+    # fairseq's text formats print the summary only; TensorBoard gets every value.
+    simple = SimpleProgressBar([0], log_interval=1)
+    list(simple)
+    with caplog.at_level("INFO"):
+        simple.log(stats, tag="train_inner", step=1)
+        JsonProgressBar([0], epoch=1).print(stats, tag="train")
+    assert "mask_kept=0.5, mask_flipped=" in caplog.text and '"train_mask_kept": "0.5"' in caplog.text
+    assert "mask_jaccard_decoder" in caplog.text and "mask_kept/" not in caplog.text
+    assert "mask_jaccard/" not in caplog.text and "mask_flipped/" not in caplog.text
+    TensorboardProgressBarWrapper(NoopProgressBar([0]), str(tmp_path)).log(stats, tag="mask-detail", step=1)
+    acc = EventAccumulator(str(tmp_path / "mask-detail"))
+    acc.Reload()
+    assert set(acc.Tags()["scalars"]) >= set(detail) | {"mask_kept", "mask_flipped", "mask_jaccard_encoder"}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import ROOT, SMALL, USER_DIR, build, run_cli
-from one_layer_lottery.average_checkpoints import (
+from one_layer_lottery.checkpoints.average import (
     AverageError,
     average_checkpoints,
     is_frozen,

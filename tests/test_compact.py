@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import GENERATE, SMALL, USER_DIR, build, hypotheses, run_cli
-from one_layer_lottery import compact, export
-from one_layer_lottery.compact import CompactFileError
-from one_layer_lottery.embedding_file import write_embeddings
+from one_layer_lottery.checkpoints.embedding_file import write_embeddings
 from one_layer_lottery.masking import MaskedWeight, num_kept
+from one_layer_lottery.subnetwork import compact, export, file_format, file_reader
+from one_layer_lottery.subnetwork.file_format import CompactFileError
 
 
 def like_trained(model, seed=0):
@@ -114,7 +114,7 @@ def test_round_trip_is_bitwise_identical(case, sample_bin, sample_bin_joined, tm
         k = num_kept(tied.numel(), 0.5)
         assert tied[:k].all() and not tied[k:].any()
     if "pretrained" in case:
-        header = compact.read(path).header
+        header = file_reader.read(path).header
         stored = {n for t in header["tensors"] for n in t["names"]}
         assert "encoder.embed_tokens.random.weight" in stored  # pre-trained rows are stored, not drawn
         assert header["pretrained_embeddings"]["encoder_embed_path"] == str(tmp_path / "enc.vec")
@@ -126,9 +126,9 @@ def test_header_describes_the_subnetwork(sample_bin, tmp_path):
     path = tmp_path / "sub.olls"
     compact.write(path, model, cfg, task)
     raw = path.read_bytes()
-    assert raw[:8] == compact.MAGIC and struct.unpack_from("<I", raw, 8)[0] == compact.VERSION
+    assert raw[:8] == file_format.MAGIC and struct.unpack_from("<I", raw, 8)[0] == file_format.VERSION
     assert hashlib.sha256(raw[:-32]).digest() == raw[-32:]
-    header = compact.read(path).header
+    header = file_reader.read(path).header
     assert header["seed"] == 11 and header["init"]["weight_init"] == "signed_constant"
     assert header["cfg"]["model"]["encoder_layers"] == 3 and header["arch"] == "one_layer_transformer_iwslt_de_en"
     assert header["mask"] == {"method": "super_mask", "prune_ratio": 0.5, "threshold": 0.0,
@@ -163,7 +163,7 @@ def test_truncated_and_flipped_files_are_refused(small_file, tmp_path):
     for cut in (0, 5, 19, 200, len(raw) // 2, len(raw) - 1):
         bad.write_bytes(raw[:cut])
         with pytest.raises(CompactFileError, match="truncated|checksum mismatch"):
-            compact.read(bad)
+            file_reader.read(bad)
     hlen = struct.unpack_from("<Q", raw, 12)[0]
     for pos in (30, 20 + hlen + 5, len(raw) - 40, len(raw) - 1):  # header, payload (a mask), last mask byte, digest
         flipped = bytearray(raw)
@@ -172,11 +172,11 @@ def test_truncated_and_flipped_files_are_refused(small_file, tmp_path):
         with pytest.raises(CompactFileError, match="checksum mismatch: the file is corrupt"):
             compact.load(bad)
     with pytest.raises(CompactFileError, match="wrong magic"):
-        compact.parse(b"PK\x03\x04" + raw[4:])
+        file_reader.parse(b"PK\x03\x04" + raw[4:])
     with pytest.raises(CompactFileError, match="format version 2 is not supported"):
-        compact.parse(raw[:8] + struct.pack("<I", 2) + raw[12:])
+        file_reader.parse(raw[:8] + struct.pack("<I", 2) + raw[12:])
     with pytest.raises(CompactFileError, match="cannot read"):
-        compact.read(tmp_path / "missing.olls")
+        file_reader.read(tmp_path / "missing.olls")
 
 
 def _copy_data(src, dst, edit=None):
@@ -221,7 +221,7 @@ def test_random_weights_that_the_seed_does_not_give_cannot_be_written(sample_bin
 
 
 def _seal(header_text: bytes, payload: bytes) -> bytes:
-    body = compact.MAGIC + struct.pack("<IQ", compact.VERSION, len(header_text)) + header_text + payload
+    body = file_format.MAGIC + struct.pack("<IQ", file_format.VERSION, len(header_text)) + header_text + payload
     return body + hashlib.sha256(body).digest()
 
 
@@ -275,7 +275,7 @@ def test_a_mask_the_method_cannot_produce_is_refused(small_file, tmp_path):
     entry["kept"] += 1
     bad = tmp_path / "bad.olls"
     bad.write_bytes(_seal(json.dumps(header).encode(), bytes(payload)))
-    assert compact.read(bad).mask(entry).sum() == entry["kept"]
+    assert file_reader.read(bad).mask(entry).sum() == entry["kept"]
     with pytest.raises(CompactFileError, match=r"keeps \d+ of \d+ weights, but --prune-ratio 0.5 with super_mask"):
         compact.load(bad)
 
@@ -288,7 +288,7 @@ FUZZ = settings(max_examples=150, deadline=5000, suppress_health_check=[HealthCh
 def _exercise(data):
     """parse() and every accessor either work or raise CompactFileError; nothing else."""
     try:
-        cf = compact.parse(data)
+        cf = file_reader.parse(data)
     except CompactFileError:
         return False
     for entry in cf.header["masks"]:
@@ -310,9 +310,9 @@ def _exercise(data):
 @given(st.binary(max_size=2048))
 def test_fuzz_random_bytes(data):
     with pytest.raises(CompactFileError):
-        compact.parse(data)
+        file_reader.parse(data)
     with pytest.raises(CompactFileError):
-        compact.parse(compact.MAGIC + struct.pack("<I", compact.VERSION) + data)
+        file_reader.parse(file_format.MAGIC + struct.pack("<I", file_format.VERSION) + data)
 
 
 @FUZZ
@@ -320,12 +320,12 @@ def test_fuzz_random_bytes(data):
 def test_fuzz_truncated_and_flipped(small_file, cut, flip):
     raw = small_file.read_bytes()
     with pytest.raises(CompactFileError):
-        compact.parse(raw[:cut % len(raw)])
+        file_reader.parse(raw[:cut % len(raw)])
     pos, mask = flip
     flipped = bytearray(raw)
     flipped[pos % len(raw)] ^= mask
     with pytest.raises(CompactFileError):
-        compact.parse(bytes(flipped))
+        file_reader.parse(bytes(flipped))
 
 
 NASTY = st.one_of(
@@ -375,11 +375,11 @@ def test_hostile_headers_fail_fast():
                  "\xff\xfe", "{}", "[]", "null"):
         data = _seal(text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text, b"")
         with pytest.raises(CompactFileError):
-            compact.parse(data)
+            file_reader.parse(data)
     # A length field far beyond the file: refused before anything is allocated.
-    huge = compact.MAGIC + struct.pack("<IQ", compact.VERSION, 2 ** 63) + b"x" * 64
+    huge = file_format.MAGIC + struct.pack("<IQ", file_format.VERSION, 2 ** 63) + b"x" * 64
     with pytest.raises(CompactFileError, match="header length"):
-        compact.parse(huge)
+        file_reader.parse(huge)
 
 
 # -- size ------------------------------------------------------------------------------------------
@@ -400,7 +400,7 @@ def test_iwslt_shape_compact_file_is_25x_smaller_than_the_model_state(tmp_path):
     compact_bytes = compact.write(path, model, cfg, task)
     assert state_bytes >= 25 * compact_bytes, (state_bytes, compact_bytes)
     # The masks are all there: one bit per score, nothing else of size.
-    header = compact.read(path).header
+    header = file_reader.read(path).header
     n_scores = sum(v.numel() for k, v in model.state_dict().items() if k.endswith("scores"))
     assert sum(m["nbytes"] for m in header["masks"]) == sum((torch.Size(m["shape"]).numel() + 7) // 8
                                                             for m in header["masks"])

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import one_layer_lottery  # noqa: F401  (registers the model, as common.user_dir does)
+import one_layer_lottery.paper_batch  # noqa: F401  (registers the WMT configs' resolvers, as their Hydra callback does)
 from conftest import ROOT, USER_DIR, run_cli
-from one_layer_lottery.embedding_file import write_embeddings
+from one_layer_lottery.checkpoints.embedding_file import write_embeddings
 
 CONFIGS = ROOT / "configs"
 
@@ -19,10 +20,14 @@ EXPECTED = {
     "wmt14_big": (1024, 4096, 16, 6, 6, "en"),
 }
 EXPECTED.update({f"{name}_pretrained_emb": shape for name, shape in EXPECTED.items() if name != "sample"})
+# the authors' WMT "wider" run (no pre-trained embeddings of its 1536 dimensions exist)
+EXPECTED["wmt14_big_as_run"] = (1536, 6144, 24, 6, 6, "en")
+WMT = sorted(name for name in EXPECTED if name.startswith("wmt14"))
 
 
-def load_config(name, overrides):
-    """configs/NAME.yaml as fairseq-hydra-train composes it (schema check included), with defaults added."""
+def load_config(name, overrides, hydra_node=False):
+    """configs/NAME.yaml as fairseq-hydra-train composes it (schema check included), with defaults added;
+    with hydra_node, the composed config's ``hydra`` node instead."""
     from fairseq.dataclass.initialize import add_defaults, hydra_init
     from fairseq.dataclass.utils import omegaconf_no_object_check
     from hydra import compose, initialize_config_dir
@@ -32,7 +37,9 @@ def load_config(name, overrides):
     hydra_init(name)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.1"):  # fairseq's hydra.main default
-        cfg = compose(config_name=name, overrides=overrides)
+        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=hydra_node)
+    if hydra_node:
+        return cfg.hydra
     add_defaults(cfg)
     with omegaconf_no_object_check():
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
@@ -81,16 +88,18 @@ def test_config_builds_the_papers_model(name, sample_bin, tmp_path):
         assert (m.init, m.attention_init, m.mask_init) == ("kaiming_uniform", "fairseq_xavier", "standard")
         assert m.mask_layernorm_type == "masked_layernorm" and m.share_decoder_input_output_embed
         assert cfg.common.fp16 and cfg.common.seed == 1
-        assert cfg.criterion.label_smoothing == 0.1 and cfg.dataset.max_tokens == 4096
+        assert cfg.criterion.label_smoothing == 0.1
         if name.startswith("iwslt14"):
+            assert cfg.dataset.max_tokens == 4096 and cfg.optimization.update_freq == [1]
             assert m.dropout == 0.3 and cfg.optimization.lr == [0.0005] and cfg.optimization.max_epoch == 55
             assert cfg.optimization.clip_norm == 0.5 and cfg.optimizer.weight_decay == 0.0001
             assert cfg.task.eval_bleu and cfg.checkpoint.best_checkpoint_metric == "bleu"
         else:
             assert m.dropout == 0.2 and cfg.optimization.lr == [0.001] and cfg.optimization.max_epoch == 100
             assert cfg.lr_scheduler.warmup_init_lr == 1e-7 and cfg.optimization.clip_norm == 0.0
-            assert cfg.distributed_training.distributed_world_size == 8
             assert cfg.checkpoint.keep_last_epochs == 10
+            assert cfg.distributed_training.ddp_backend == "legacy_ddp"
+        assert m.attention_dropout == (0.1 if name == "wmt14_big_as_run" else 0.0)
     if not pretrained:
         assert m.encoder_embed_path is None and m.decoder_embed_path is None
 
@@ -113,6 +122,36 @@ def test_config_builds_the_papers_model(name, sample_bin, tmp_path):
             not_pad = torch.arange(len(rows)) != stack.embed_tokens.padding_idx  # <pad> stays zero
             assert torch.equal(weight[not_pad], rows[not_pad].float() * scale)
     del model
+
+
+# distributed world size -> (update_freq, max_tokens): about 8 x 4096 tokens per update
+WMT_BATCHES = {1: (8, 4096), 2: (4, 4096), 3: (3, 3641), 4: (2, 4096), 6: (2, 2731), 8: (1, 4096), 16: (1, 2048)}
+
+
+@pytest.mark.parametrize("name", WMT)
+def test_wmt_configs_take_the_world_size_from_the_machine(name, sample_bin, monkeypatch):
+    monkeypatch.setenv("ENCODER_EMBED_PATH", "enc.txt")  # the *_pretrained_emb configs need them to load
+    monkeypatch.setenv("DECODER_EMBED_PATH", "dec.txt")
+    cfg = load_config(name, [f"task.data={sample_bin}"])
+    world = max(1, torch.cuda.device_count())  # fairseq's default: every visible GPU
+    assert cfg.distributed_training.distributed_world_size == world
+    update_freq, max_tokens = WMT_BATCHES.get(world, (None, None))
+    if update_freq is not None:
+        assert (cfg.optimization.update_freq, cfg.dataset.max_tokens) == ([update_freq], max_tokens)
+    for world, (update_freq, max_tokens) in WMT_BATCHES.items():
+        cfg = load_config(name, [f"task.data={sample_bin}", f"distributed_training.distributed_world_size={world}"])
+        assert (cfg.optimization.update_freq, cfg.dataset.max_tokens) == ([update_freq], max_tokens), world
+    # overrides: fewer tokens per GPU (the update frequency makes up for them), or a fixed update frequency
+    cfg = load_config(name, [f"task.data={sample_bin}", "distributed_training.distributed_world_size=8",
+                             "dataset.max_tokens=2048"])
+    assert (cfg.optimization.update_freq, cfg.dataset.max_tokens) == ([2], 2048)
+    cfg = load_config(name, [f"task.data={sample_bin}", "optimization.update_freq=[4]"])
+    assert cfg.optimization.update_freq == [4]
+    # fairseq-hydra-train registers the resolvers through the config's Hydra callback
+    from hydra.utils import instantiate
+
+    callbacks = load_config(name, [f"task.data={sample_bin}"], hydra_node=True).callbacks
+    assert [type(instantiate(c)).__name__ for c in callbacks.values()] == ["RegisterResolvers"]
 
 
 def test_pretrained_config_needs_the_paths(sample_bin, monkeypatch, tmp_path):
@@ -163,3 +202,26 @@ def test_a_paper_config_trains_with_fairseq_hydra_train(sample_bin, tmp_path, mo
     weight = state["model"]["encoder.embed_tokens.random.weight"]
     not_pad = torch.arange(len(rows["de"])) != 1
     assert torch.equal(weight[not_pad], rows["de"][not_pad].float() * 0.5 ** -0.5)
+
+
+@pytest.mark.slow
+def test_a_wmt_config_trains_with_fairseq_hydra_train(sample_bin, tmp_path):
+    """configs/wmt14_base.yaml through the real CLI (shrunk, one update, fp32 on CPU): its Hydra
+    callback registers the batch resolvers, and the run gets the paper's 8 x 4096 tokens per update
+    from the machine's GPU count."""
+    proc = run_cli("fairseq-hydra-train", "--config-dir", CONFIGS, "--config-name", "wmt14_base",
+                   f"task.data={sample_bin}", "task.source_lang=de", "task.target_lang=en",
+                   f"common.user_dir={USER_DIR}", "common.fp16=false",
+                   "model.encoder_embed_dim=32", "model.decoder_embed_dim=32", "model.encoder_ffn_embed_dim=64",
+                   "model.decoder_ffn_embed_dim=64", "model.encoder_layers=1", "model.decoder_layers=1",
+                   "model.encoder_attention_heads=4", "model.decoder_attention_heads=4",
+                   "optimization.max_update=1", "dataset.num_workers=0",
+                   f"checkpoint.save_dir={tmp_path / 'ckpt'}", f"hydra.run.dir={tmp_path / 'hydra'}")
+    state = torch.load(tmp_path / "ckpt" / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    cfg = state["cfg"]
+    world = max(1, torch.cuda.device_count())
+    assert cfg["distributed_training"]["distributed_world_size"] == world
+    if world in WMT_BATCHES:
+        update_freq, max_tokens = WMT_BATCHES[world]
+        assert cfg["optimization"]["update_freq"] == [update_freq] and cfg["dataset"]["max_tokens"] == max_tokens
+    assert state["optimizer_history"][-1]["num_updates"] == 1, proc.stderr[-2000:]

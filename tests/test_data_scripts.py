@@ -276,12 +276,29 @@ def test_perl_lowercasing():
 
 # -- WMT14 ------------------------------------------------------------------------------------------
 
-def build_wmt_archives(folder):
+# newstest2014 pairs with what Moses' punctuation normalisation would change (the fairseq recipe does
+# not normalise the test set), escaping and dashes; the second pair is one that cleaning would drop.
+TEST_SPECIAL = [("He said: \u00abno\u00bb \u2013 it\u2019s 3-4 pm & [late].",
+                 "Er sagte: \u00abnein\u00bb \u2013 es ist 3-4 Uhr & [sp\u00e4t]."),
+                ("Yes.", "Ja, das ist wirklich ganz sicher so und nicht anders.")]
+
+
+def newstest_sgm(kind, lang, segments):
+    """A newstest2014 .sgm file (src or ref) as test-full.tgz has them."""
+    segs = "\n".join(f'<seg id="{i + 1}">{s}</seg>' for i, s in enumerate(segments))
+    return (f'<{kind}set setid="newstest2014" srclang="any">\n<doc sysid="ref" docid="1" genre="news" origlang="en">\n'
+            f"<p>\n{segs}\n</p>\n</doc>\n</{kind}set>\n")
+
+
+def build_wmt_archives(folder, drop=()):
+    """The five statmt.org archives with their real layout, made from data/sample; returns the raw
+    training text (europarl + commoncrawl + news commentary) and the raw test text, by language."""
     folder.mkdir()
     de, en = sample("train", "de"), sample("train", "en")
-    special_en = ["A well-known \u201etest\u201c \u2013 isn't it?", "Yes.", " ".join(["word"] * 260)]
+    special_en = ["A well-known \u201etest\u201c \u2013 isn't it?", "Yes.", " ".join(["word"] * 260),
+                  "Zero\u200bwidth & [brackets] | bars."]
     special_de = ["Ein bekannter \u201eTest\u201c \u2013 nicht wahr?", "Ja, das ist wirklich ganz sicher so.",
-                  " ".join(["Wort"] * 260)]
+                  " ".join(["Wort"] * 260), "Null\u200bbreite & [Klammern] | Striche."]
     corpora = {
         "training-parallel-europarl-v7.tgz": ("training/europarl-v7.de-en", 0, 1500),
         "training-parallel-commoncrawl.tgz": ("commoncrawl.de-en", 1500, 3000),
@@ -295,20 +312,21 @@ def build_wmt_archives(folder):
         train["de"] += part_de
         train["en"] += part_en
         with tarfile.open(folder / archive, "w:gz") as tar:
-            add_bytes(tar, f"{member}.de", "\n".join(part_de) + "\n")
-            add_bytes(tar, f"{member}.en", "\n".join(part_en) + "\n")
+            for lang, part in (("de", part_de), ("en", part_en)):
+                if f"{member}.{lang}" not in drop:
+                    add_bytes(tar, f"{member}.{lang}", "\n".join(part) + "\n")
             add_bytes(tar, f"{member.replace('de-en', 'fr-en')}.fr", "autre langue\n")  # other pairs are there too
     with tarfile.open(folder / "dev.tgz", "w:gz") as tar:
         for lang in ("de", "en"):
             add_bytes(tar, f"dev/newstest2013.{lang}", "\n".join(map(capitalize, sample("valid", lang))) + "\n")
             add_bytes(tar, f"dev/newstest2012.{lang}", "older\n")
+    test_sgm = {"en": [en for en, _ in TEST_SPECIAL] + list(map(capitalize, sample("test", "en"))),
+                "de": [de for _, de in TEST_SPECIAL] + list(map(capitalize, sample("test", "de")))}
     with tarfile.open(folder / "test-full.tgz", "w:gz") as tar:
         for kind, lang in (("src", "en"), ("ref", "de")):
-            segs = "\n".join(f'<seg id="{i + 1}">{capitalize(s)}</seg>' for i, s in enumerate(sample("test", lang)))
-            add_bytes(tar, f"test-full/newstest2014-deen-{kind}.{lang}.sgm",
-                      f'<{kind}set setid="newstest2014" srclang="any">\n<doc sysid="ref" docid="1" genre="news">\n'
-                      f"<p>\n{segs}\n</p>\n</doc>\n</{kind}set>\n")
-    return train
+            add_bytes(tar, f"test-full/newstest2014-deen-{kind}.{lang}.sgm", newstest_sgm(kind, lang, test_sgm[lang]))
+    test = {lang: [x.replace("\u2019", "'") for x in segs] for lang, segs in test_sgm.items()}  # as the recipes read it
+    return train, test
 
 
 @pytest.mark.slow
@@ -316,15 +334,15 @@ def test_prepare_wmt14_from_local_archives(tmp_path):
     import sentencepiece as spm
 
     archives = tmp_path / "archives"
-    train = build_wmt_archives(archives)
+    train, test = build_wmt_archives(archives)
     work, dest = tmp_path / "work", tmp_path / "data-bin"
-    env = {"WORK_DIR": str(work), "DEST": str(dest), "SPM_VOCAB": "300", "STATMT_URL": UNREACHABLE}
+    env = {"RECIPE": "spm", "WORK_DIR": str(work), "DEST": str(dest), "SPM_VOCAB": "300", "STATMT_URL": UNREACHABLE}
     run_script("prepare_wmt14_en_de.sh", archives, env=env)
 
     for lang in ("de", "en"):
         assert lines(work / "raw" / f"train.{lang}") == train[lang]  # europarl + commoncrawl + nc, in order
         assert lines(work / "raw" / f"valid.{lang}") == list(map(capitalize, sample("valid", lang)))
-        assert lines(work / "raw" / f"test.{lang}") == list(map(capitalize, sample("test", lang)))
+        assert lines(work / "raw" / f"test.{lang}") == test[lang]
     tok_en = lines(work / "tok" / "train.en")
     # normalised punctuation, aggressive dash splitting, no escaping
     assert 'A well @-@ known " test " - isn \'t it ?' in tok_en
@@ -346,6 +364,7 @@ def test_prepare_wmt14_from_local_archives(tmp_path):
             assert [sp.decode(x.split()) for x in pieces] == lines(work / "tok" / f"{split}.{lang}")
             assert indexed_lengths(dest / f"{split}.en-de.{lang}") == [len(x.split()) + 1 for x in pieces]
     assert (dest / "dict.en.txt").read_text() == (dest / "dict.de.txt").read_text()
+    assert (dest / "test.sacrebleu").read_text() == "wmt14/full en-de\n"  # for scripts/evaluate.sh
 
     before = all_files(tmp_path)
     proc = run_script("prepare_wmt14_en_de.sh", archives, env=env)
@@ -354,14 +373,108 @@ def test_prepare_wmt14_from_local_archives(tmp_path):
     assert not list(tmp_path.rglob("*.tmp.*"))
 
 
-def test_prepare_wmt14_without_network_names_every_archive(tmp_path):
+@pytest.mark.slow
+def test_prepare_wmt14_fairseq_recipe_from_local_archives(tmp_path):
+    """The default recipe, fairseq's prepare-wmt14en2de.sh --icml17: tokenised with escaping (training
+    text normalised first, the test set not), valid = every 100th line, joint subword-nmt BPE learned
+    on train.en + train.de, train and valid cleaned on BPE units, test whole, one dictionary."""
+    from subword_nmt.apply_bpe import BPE
+    from subword_nmt.learn_bpe import learn_bpe
+
+    archives = tmp_path / "archives"
+    train, test = build_wmt_archives(archives)
+    (archives / "dev.tgz").unlink()  # not needed: the recipe takes its valid set from the training text
     work, dest = tmp_path / "work", tmp_path / "data-bin"
-    proc = run_script("prepare_wmt14_en_de.sh", env={"WORK_DIR": str(work), "DEST": str(dest),
+    env = {"WORK_DIR": str(work), "DEST": str(dest), "BPE_TOKENS": "300", "STATMT_URL": UNREACHABLE}
+    run_script("prepare_wmt14_en_de.sh", archives, env=env)
+    fq = work / "fairseq"
+    tmp = fq / "tmp"
+
+    for lang in ("en", "de"):
+        tokenize = text_prep.Tokenizer(lang, aggressive_dash_splits=True, normalize_punct=True)
+        stream = [tokenize(x) for x in train[lang]]  # europarl + commoncrawl + news commentary, in order
+        assert lines(tmp / f"train.tags.en-de.tok.{lang}") == stream
+        assert lines(tmp / f"valid.{lang}") == stream[99::100]
+        assert lines(tmp / f"train.{lang}") == [x for i, x in enumerate(stream, 1) if i % 100]
+        tokenize_test = text_prep.Tokenizer(lang, aggressive_dash_splits=True)
+        assert lines(tmp / f"test.{lang}") == [tokenize_test(x) for x in test[lang]]
+    stream_en = lines(tmp / "train.tags.en-de.tok.en")
+    # escaped and normalised (quotes, dash, the zero-width space) in training ...
+    assert "A well @-@ known &quot; test &quot; - isn &apos;t it ?" in stream_en
+    assert "Zero width &amp; &#91; brackets &#93; &#124; bars ." in stream_en
+    # ... escaped but not normalised in the test set (’ -> ' as fairseq's recipe does)
+    assert lines(tmp / "test.en")[0] == "He said : \u00ab no \u00bb \u2013 it &apos;s 3 @-@ 4 pm &amp; &#91; late &#93; ."
+    assert lines(tmp / "test.de")[0] == "Er sagte : \u00ab nein \u00bb \u2013 es ist 3 @-@ 4 Uhr &amp; &#91; sp\u00e4t &#93; ."
+
+    # BPE codes: 300 merges learned on train.en then train.de (not on valid or test)
+    joint = tmp_path / "joint"
+    joint.write_text((tmp / "train.en").read_text(encoding="utf-8") + (tmp / "train.de").read_text(encoding="utf-8"),
+                     encoding="utf-8")
+    expected_code = io.StringIO()
+    with open(joint, encoding="utf-8") as f:
+        learn_bpe(f, expected_code, 300)
+    assert (fq / "code").read_text(encoding="utf-8") == expected_code.getvalue()
+    assert len(lines(fq / "code")) == 301
+
+    with open(fq / "code", encoding="utf-8") as f:
+        bpe = BPE(f)
+    for split in ("train", "valid"):  # cleaned on BPE units: 1-250, ratio 1.5
+        pairs = [(bpe.process_line(e), bpe.process_line(d))
+                 for e, d in zip(lines(tmp / f"{split}.en"), lines(tmp / f"{split}.de"))]
+        kept = [(e, d) for e, d in pairs if 1 <= len(e.split()) <= 250 and 1 <= len(d.split()) <= 250
+                and len(e.split()) <= 1.5 * len(d.split()) and len(d.split()) <= 1.5 * len(e.split())]
+        assert 0 < len(kept) < len(pairs)
+        assert list(zip(lines(fq / "bpe" / f"{split}.en"), lines(fq / "bpe" / f"{split}.de"))) == kept
+    for lang in ("en", "de"):  # the test set whole: the "Yes." pair stays
+        assert lines(fq / "bpe" / f"test.{lang}") == [bpe.process_line(x) for x in lines(tmp / f"test.{lang}")]
+    assert any("@@ " in x for x in lines(fq / "bpe" / "train.en"))
+
+    # one dictionary, every sentence binarized; the code and the sacreBLEU test set beside the binaries
+    assert (dest / "dict.en.txt").read_text() == (dest / "dict.de.txt").read_text()
+    for split in ("train", "valid", "test"):
+        for lang in ("en", "de"):
+            assert indexed_lengths(dest / f"{split}.en-de.{lang}") == [len(x.split()) + 1
+                                                                       for x in lines(fq / "bpe" / f"{split}.{lang}")]
+    assert (dest / "code").read_bytes() == (fq / "code").read_bytes()
+    assert (dest / "test.sacrebleu").read_text() == "wmt14/full en-de\n"
+    assert not (dest / "spm.model").exists()  # scripts/evaluate.sh removes "@@ " then
+
+    before = all_files(tmp_path)
+    proc = run_script("prepare_wmt14_en_de.sh", archives, env=env)
+    assert proc.stderr.count("skip:") == 4, proc.stderr
+    assert all_files(tmp_path) == before
+    assert not list(tmp_path.rglob("*.tmp.*"))
+
+
+def test_prepare_wmt14_names_a_missing_member_and_a_bad_recipe(tmp_path):
+    archives = tmp_path / "archives"
+    build_wmt_archives(archives, drop=("commoncrawl.de-en.de",))
+    work, dest = tmp_path / "work", tmp_path / "data-bin"
+    env = {"WORK_DIR": str(work), "DEST": str(dest), "STATMT_URL": UNREACHABLE}
+    proc = run_script("prepare_wmt14_en_de.sh", archives, env=env, check=False)
+    assert proc.returncode != 0
+    assert f"{archives}/training-parallel-commoncrawl.tgz lacks commoncrawl.de-en.de" in proc.stderr
+    assert not (work / "fairseq" / "tmp").exists() and not dest.exists()
+    assert not list(tmp_path.rglob("*.tmp.*"))
+
+    work, dest = tmp_path / "work2", tmp_path / "data-bin2"
+    proc = run_script("prepare_wmt14_en_de.sh", archives, env={"WORK_DIR": str(work), "DEST": str(dest),
+                                                               "RECIPE": "moses"}, check=False)
+    assert proc.returncode != 0 and "RECIPE must be fairseq (the paper's data) or spm, got 'moses'" in proc.stderr
+    assert not work.exists() and not dest.exists()
+
+
+@pytest.mark.parametrize("recipe", ["fairseq", "spm"])
+def test_prepare_wmt14_without_network_names_every_archive(tmp_path, recipe):
+    work, dest = tmp_path / "work", tmp_path / "data-bin"
+    proc = run_script("prepare_wmt14_en_de.sh", env={"RECIPE": recipe, "WORK_DIR": str(work), "DEST": str(dest),
                                                      "STATMT_URL": UNREACHABLE}, check=False)
     assert proc.returncode != 0
     for name, year in (("training-parallel-europarl-v7.tgz", "wmt13"), ("training-parallel-commoncrawl.tgz", "wmt13"),
-                       ("training-parallel-nc-v9.tgz", "wmt14"), ("dev.tgz", "wmt14"), ("test-full.tgz", "wmt14")):
+                       ("training-parallel-nc-v9.tgz", "wmt14"), ("test-full.tgz", "wmt14")):
         assert f"{name}  from  {UNREACHABLE}/{year}/{name}" in proc.stderr
+    # fairseq's recipe takes its valid set from the training text; spm's is newstest2013
+    assert (f"dev.tgz  from  {UNREACHABLE}/wmt14/dev.tgz" in proc.stderr) == (recipe == "spm")
     assert str(work / "orig") in proc.stderr
     assert not work.exists() and not dest.exists()
 

@@ -1,11 +1,15 @@
 """Export to a plain fairseq Transformer that stock fairseq loads without --user-dir."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from fairseq.models.transformer import TransformerModel
 
 from conftest import GENERATE, ROOT, USER_DIR, hypotheses, run_cli
-from one_layer_lottery import export
 from one_layer_lottery.masking import MaskedWeight
+from one_layer_lottery.subnetwork import export
 from test_compact import build_case, first_batch, like_trained
 
 CASES = {
@@ -107,3 +111,21 @@ def test_failed_export_leaves_existing_output(trained_sample, tmp_path, capsys):
     assert export.main(["compact", str(tmp_path / "missing.pt"), str(out)]) == 1
     assert "missing.pt does not exist" in capsys.readouterr().err
     assert out.read_bytes() == b"previous export"
+
+
+@pytest.mark.slow
+def test_the_tools_print_their_results_and_nothing_else(trained_sample, tmp_path):
+    """Run as users run them, warnings not silenced: the results on stdout, an empty stderr."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+
+    def tool(*args):
+        proc = subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                              env=env, timeout=300)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]
+        return proc.stdout.splitlines()
+
+    sub, figures = tmp_path / "sub.olls", tmp_path / "figures"
+    out = tool("one_layer_lottery.export", "compact", trained_sample.checkpoint, sub)
+    assert len(out) == 1 and out[0].startswith(f"wrote {sub}: ")
+    assert tool("one_layer_lottery.analyze", sub, figures) == [
+        str(figures / name) for name in ("mask_stats.json", "overlap.png", "kept.png")]

@@ -27,7 +27,7 @@ def test_weights_depend_only_on_seed_name_and_shape(method):
 def test_init_scales(method, expected_std):
     w = WeightInit(method).sample((512, 256), seed=0, name="w")
     assert abs(w.std().item() - expected_std) / expected_std < 0.03
-    scaled = WeightInit(method, scale_fan=True, keep_fraction=0.5).sample((512, 256), seed=0, name="w")
+    scaled = WeightInit(method, scale_fan=True, fan_factor=0.5).sample((512, 256), seed=0, name="w")
     assert abs(scaled.std().item() / w.std().item() - math.sqrt(2)) < 0.01
 
 

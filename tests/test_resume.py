@@ -179,3 +179,17 @@ def test_unrelated_or_missing_records_and_unreadable_ones(sample_bin, caplog):
     garbled = dict(trained, _extra_state=trained["_extra_state"] * 1.37)  # e.g. averaged across runs
     with pytest.raises(ValueError, match="record of its masking options .* is unreadable"):
         model.load_state_dict(garbled)
+
+
+def test_the_record_holds_the_options_the_config_marks_recorded(sample_bin):
+    from one_layer_lottery.models.one_layer_transformer.checkpoint_options import read_record
+    from one_layer_lottery.models.one_layer_transformer.config import RECORDED_OPTIONS
+
+    record = read_record(build(sample_bin, *MODEL)[0].state_dict()["_extra_state"])
+    # Names and values as every checkpoint records them (older records lack --authors-init).
+    assert record == {
+        "--prune-ratio": 0.5, "--prune-method": "super_mask", "--mask-threshold": 0.0, "--share-mask": "layer_weights",
+        "--init": "kaiming_uniform", "--scale-fan": False, "--authors-init": False, "--attention-init": "same",
+        "--mask-init": "standard", "--mask-constant": 1.0, "--mask-layernorm-type": "normal_layernorm",
+        "--need-bias": True, "--embed-no-mask": False, "--seed": 5}
+    assert sorted(record) == sorted("--" + name.replace("_", "-") for name in RECORDED_OPTIONS)

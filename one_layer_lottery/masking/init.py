@@ -22,6 +22,13 @@ WEIGHT_INITS = (
 )
 # The authors' attention projections: xavier_uniform, gain 1/sqrt(2) for q/k/v and 1 for out.
 ATTENTION_INITS = ("same", "fairseq_xavier")
+# Draws used internally, never chosen by --init: xavier_uniform (the authors' attention
+# projections) and fairseq's embedding init N(0, 1/sqrt(dim)) (the authors' unmasked
+# embeddings and untied output projection under --authors-init).
+INTERNAL_INITS = ("xavier_uniform", "embedding_normal")
+# The --init methods whose fan the authors' code scaled under --scale-fan (by the REMOVED
+# fraction); their kaiming_uniform, xavier and standard draws ignored the flag.
+AUTHORS_SCALED_INITS = ("kaiming_normal", "signed_constant", "unsigned_constant")
 MASK_INITS = ("standard", "constant", "constant_noisy")
 
 # Gain of the ReLU nonlinearity, as edge-popup uses for every masked layer.
@@ -58,27 +65,31 @@ def _signs(shape, gen):
 class WeightInit:
     """How a frozen random weight is drawn.
 
-    ``keep_fraction`` is the fraction of weights the mask keeps; with ``scale_fan`` every fan
-    is multiplied by it (the masked layer sees that many inputs), as edge-popup does.
-    ``gain`` applies to the kaiming and constant inits (ReLU gain by default).
+    With ``scale_fan`` every fan is multiplied by ``fan_factor``: this project passes the
+    fraction of weights the mask keeps (the masked layer sees that many inputs, as in
+    edge-popup); ``masked_weight_init`` under ``--authors-init`` passes the fraction removed, as
+    the authors' code did.
+    ``gain`` applies to the kaiming, constant and xavier_uniform inits (ReLU gain by default).
     """
 
     method: str = "kaiming_uniform"
     scale_fan: bool = False
-    keep_fraction: float = 1.0
+    fan_factor: float = 1.0
     gain: float = _RELU_GAIN
 
     def __post_init__(self):
-        if self.method not in WEIGHT_INITS and self.method not in ("xavier_uniform",):
+        if self.method not in WEIGHT_INITS and self.method not in INTERNAL_INITS:
             raise ValueError(f"--init must be one of {', '.join(WEIGHT_INITS)}, got {self.method!r}")
+        if not (isinstance(self.fan_factor, (int, float)) and 0.0 < self.fan_factor <= 1.0):
+            raise ValueError(f"the fan factor of a scaled init must be in (0, 1], got {self.fan_factor!r}")
 
     def sample(self, shape: Tuple[int, ...], seed: int, name: str) -> torch.Tensor:
         shape = tuple(int(s) for s in shape)
         gen = generator_for(seed, name)
         fan_in, fan_out = _fans(shape)
         if self.scale_fan:
-            fan_in = fan_in * self.keep_fraction
-            fan_out = fan_out * self.keep_fraction
+            fan_in = fan_in * self.fan_factor
+            fan_out = fan_out * self.fan_factor
         m = self.method
         if m == "kaiming_uniform":
             bound = self.gain * math.sqrt(3.0 / fan_in)
@@ -96,16 +107,20 @@ class WeightInit:
         if m == "xavier_uniform":
             bound = self.gain * math.sqrt(6.0 / (fan_in + fan_out))
             return torch.empty(shape, **_CPU_FP32).uniform_(-bound, bound, generator=gen)
+        if m == "embedding_normal":
+            return torch.empty(shape, **_CPU_FP32).normal_(0.0, fan_in ** -0.5, generator=gen)
         # "standard": torch's nn.Linear default, kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)).
         bound = 1.0 / math.sqrt(fan_in)
         return torch.empty(shape, **_CPU_FP32).uniform_(-bound, bound, generator=gen)
 
 
-def attention_init(base: WeightInit, attention: str, projection: str) -> WeightInit:
+def attention_init(base: WeightInit, attention: str, projection: str, qkv_same_dim: bool = True) -> WeightInit:
     """The init of an attention projection (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``).
 
     ``same`` applies ``--init`` like everywhere else; ``fairseq_xavier`` reproduces the authors'
-    code, where fairseq's MultiheadAttention re-initialised the projections and overrode --init.
+    code, where fairseq's MultiheadAttention re-initialised the projections and overrode --init:
+    gain 1/sqrt(2) for q/k/v when keys and values have the query's width (``qkv_same_dim``),
+    gain 1 otherwise (cross-attention to an encoder of another width) and for ``out_proj``.
     """
     if attention not in ATTENTION_INITS:
         raise ValueError(
@@ -113,8 +128,40 @@ def attention_init(base: WeightInit, attention: str, projection: str) -> WeightI
         )
     if attention == "same":
         return base
-    gain = 1.0 if projection == "out_proj" else 1.0 / math.sqrt(2.0)
-    return WeightInit("xavier_uniform", scale_fan=False, keep_fraction=1.0, gain=gain)
+    gain = 1.0 if projection == "out_proj" or not qkv_same_dim else 1.0 / math.sqrt(2.0)
+    return WeightInit("xavier_uniform", scale_fan=False, gain=gain)
+
+
+def masked_weight_init(method: str, scale_fan: bool, prune_ratio: float, authors_init: bool = False) -> WeightInit:
+    """The init of the masked FFN weights and masked embeddings under ``--init`` / ``--scale-fan``.
+
+    Ours: ``--scale-fan`` multiplies every fan by the kept fraction ``1 - prune_ratio``, for every
+    method. ``authors_init``: the authors' code, where ``--scale-fan`` multiplied the fan by the
+    REMOVED fraction ``prune_ratio``, and only for the methods in ``AUTHORS_SCALED_INITS``.
+    """
+    if authors_init:
+        return WeightInit(method, scale_fan=bool(scale_fan) and method in AUTHORS_SCALED_INITS,
+                          fan_factor=prune_ratio)
+    return WeightInit(method, scale_fan=bool(scale_fan), fan_factor=1.0 - prune_ratio)
+
+
+def pretrained_embedding_scale(prune_ratio: float, masked: bool, scale_fan: bool, authors_init: bool = False) -> float:
+    """The factor on fixed pre-trained embedding rows.
+
+    Ours: 1/sqrt(kept fraction) whenever they are masked, so the masked rows keep their norm.
+    ``authors_init``: 1/sqrt(REMOVED fraction), and only when masked and ``--scale-fan`` is set.
+    """
+    if not masked:
+        return 1.0
+    if authors_init:
+        return prune_ratio ** -0.5 if scale_fan else 1.0
+    return (1.0 - prune_ratio) ** -0.5
+
+
+def embedding_normal_init() -> WeightInit:
+    """fairseq's embedding init, N(0, 1/sqrt(dim)): the authors' unmasked embeddings and their
+    untied output projection."""
+    return WeightInit("embedding_normal")
 
 
 @dataclass(frozen=True)

@@ -112,13 +112,30 @@ class _EvalCache:
     version, ``.to()``/``.half()`` on the owner change the pointer, ``module.scores = ...`` the object.
     """
 
-    __slots__ = ("weight_params", "weight", "weight_key", "score_params", "scores", "score_key", "masked")
+    __slots__ = ("weight_params", "weight", "weight_key", "score_params", "scores", "score_key", "masked",
+                 "autocast_copies")
 
     def __init__(self, weight_owner: nn.Module, score_owner: nn.Module, masked: torch.Tensor):
         self.weight_params, self.score_params = weight_owner._parameters, score_owner._parameters
         self.weight, self.scores = self.weight_params["weight"], self.score_params["scores"]
         self.weight_key, self.score_key = _key(self.weight), _key(self.scores)
         self.masked = masked
+        self.autocast_copies = {}
+
+    def cast_for_autocast(self) -> torch.Tensor:
+        """The masked weight as autocast's matrix multiplies use it, cast once.
+
+        Autocast casts a parameter once per autocast region, but a tensor that is not a parameter
+        (this masked weight) at every operation: while decoding, one extra kernel per matrix and step.
+        """
+        device = self.masked.device.type
+        if self.masked.dtype != torch.float32 or not torch.is_autocast_enabled(device):
+            return self.masked
+        dtype = torch.get_autocast_dtype(device)
+        copy = self.autocast_copies.get(dtype)
+        if copy is None:
+            copy = self.autocast_copies[dtype] = self.masked.to(dtype)
+        return copy
 
     def is_current(self) -> bool:
         return (self.weight_params.get("weight") is self.weight and self.score_params.get("scores") is self.scores
@@ -215,6 +232,13 @@ class MaskedWeight(nn.Module):
             self._eval_cache = _EvalCache(self._random_owner, self._score_owner, _apply_mask(weight, self.mask()))
         return self._eval_cache.masked
 
+    def matmul_weight(self) -> torch.Tensor:
+        """``weight`` as an input of a matrix multiply: the same, except while decoding under
+        autocast, where it is the cached masked weight already cast to autocast's type."""
+        weight = MaskedWeight.weight.fget(self)
+        cache = self._eval_cache
+        return cache.cast_for_autocast() if cache is not None and weight is cache.masked else weight
+
     @contextlib.contextmanager
     def one_weight_per_forward(self):
         """Within the block every use of ``weight`` gets the same masked weight: one selection
@@ -252,7 +276,11 @@ class SharedScores(nn.Module):
 
 
 class MaskedLinear(MaskedWeight):
-    """y = x (W * M)^T + b with W frozen random, M selected from trained scores."""
+    """y = x (W * M)^T + b with W frozen random, M selected from trained scores.
+
+    Its ``weight`` only feeds matrix multiplies (``forward`` and fairseq's attention fast path), so
+    while decoding under autocast it is the cached masked weight already in autocast's type.
+    """
 
     def __init__(self, random: RandomWeight, mask: MaskConfig, scores=None,
                  own_random: bool = True, bias: str = "none"):
@@ -268,6 +296,8 @@ class MaskedLinear(MaskedWeight):
             self.bias = None
         else:
             raise ValueError(f"bias must be 'none', 'trained' or 'zero', got {bias!r}")
+
+    weight = property(MaskedWeight.matmul_weight)
 
     def forward(self, x):
         return _linear(x, self.weight, self.bias)
@@ -302,7 +332,7 @@ class TiedLinear(nn.Module):
 
     @property
     def weight(self):
-        return self._embedding.module.weight
+        return self._embedding.module.matmul_weight()
 
     def forward(self, x):
         return _linear(x, self.weight)

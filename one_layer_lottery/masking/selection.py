@@ -4,6 +4,7 @@ Pure PyTorch. Every function returns a boolean mask of the scores' shape and nev
 touches autograd (the straight-through estimator lives in ``modules.py``).
 """
 import math
+from typing import Optional
 
 import torch
 
@@ -34,13 +35,24 @@ def check_prune_method(method: str) -> None:
         )
 
 
-def topk_mask(values: torch.Tensor, k: int) -> torch.Tensor:
+def selects_on_host(device: torch.device) -> bool:
+    """Whether ``topk_mask`` takes its host path for tensors on ``device``: on CPU only.
+
+    The host path reads counts back as Python integers, free on CPU; on an accelerator that
+    would stall the stream, so there the selection stays on the device. This function is the
+    one place that decides, so tests can drive the accelerator path with CPU tensors.
+    """
+    return device.type == "cpu"
+
+
+def topk_mask(values: torch.Tensor, k: int, on_host: Optional[bool] = None) -> torch.Tensor:
     """Boolean mask keeping exactly the ``k`` largest entries of each row of ``values``.
 
     ``values`` is (rows, n) or (n,). Selection without a full sort: the (n-k)-th smallest
-    value is the threshold (``kthvalue`` on CPU, ``topk(sorted=False)`` on other devices);
-    ties at the threshold are broken by position (lower index kept first), so exactly k
-    survive also with repeated values (constant scores, fp16/bf16 rounding).
+    value is the threshold (``kthvalue`` on the host path, ``topk(sorted=False)`` on the
+    device path); ties at the threshold are broken by position (lower index kept first), so
+    exactly k survive also with repeated values (constant scores, fp16/bf16 rounding). Both
+    paths give the same mask. ``on_host`` picks the path; None leaves it to ``selects_on_host``.
     """
     squeeze = values.dim() == 1
     rows = values.unsqueeze(0) if squeeze else values
@@ -52,7 +64,9 @@ def topk_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     if k == n:
         mask = torch.ones_like(rows, dtype=torch.bool)
         return mask[0] if squeeze else mask
-    if rows.device.type == "cpu":
+    if on_host is None:
+        on_host = selects_on_host(rows.device)
+    if on_host:
         # (n-k)-th smallest: everything strictly above it is kept (k of them without ties).
         found = [_kth_smallest_and_count_above(row, n - k) for row in rows]
         threshold = torch.stack([t for t, _ in found]).unsqueeze(1)

@@ -2,6 +2,7 @@
 import argparse
 import sys
 
+from ..console import quiet_logging
 from . import __doc__ as USAGE
 from .results import ResultError
 from .spec import StudyError, load
@@ -25,6 +26,7 @@ def main(argv=None) -> int:
     plot.add_argument("study")
     plot.add_argument("out_png")
     args = parser.parse_args(argv)
+    quiet_logging()
     try:
         study = load(args.study)
         if args.command == "run":

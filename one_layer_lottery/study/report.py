@@ -3,7 +3,7 @@ import os
 import statistics
 from typing import Dict, List
 
-from ..compact import atomic_output
+from ..checkpoints.atomic import atomic_output
 from . import results
 from .spec import Study
 

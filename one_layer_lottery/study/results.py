@@ -2,7 +2,7 @@
 import json
 import os
 
-from ..compact import atomic_output
+from ..checkpoints.atomic import atomic_output
 
 # Every field a finished run records; a file missing one is reported as partial.
 FIELDS = ("id", "experiment", "seed", "about", "flags", "command", "commit", "valid", "test", "train",

@@ -6,7 +6,9 @@ import sys
 import time
 from typing import Callable, List
 
-from . import fairseq_logs, results
+from .. import fairseq_logs
+from ..checkpoints.atomic import atomic_output
+from . import results
 from .spec import Run, Study, cli_flags
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +50,7 @@ def _call(argv: List[str], log_path: str, step: str, mode: str = "a") -> None:
 
 
 def _embedding_flags(study: Study, run: Run, run_dir: str, ensure: Callable[[Run], None]) -> List[str]:
-    from ..dump_embeddings import DumpError, dump_embeddings
+    from ..checkpoints.dump_embeddings import DumpError, dump_embeddings
 
     source = study.run(run.embeddings_from)
     checkpoint = os.path.join(study.run_dir(source), "checkpoints", "checkpoint_best.pt")
@@ -126,10 +128,9 @@ def run_one(study: Study, run: Run, ensure: Callable[[Run], None], python: str =
     gen_log = os.path.join(run_dir, "generate.log")
     if not os.path.isfile(gen_log):
         say(f"study: {run.id}: scoring the test set")
-        partial = gen_log + ".partial"
-        _call([python, "-m", "fairseq_cli.generate", study.data, "--user-dir", PACKAGE_DIR, "--path", best,
-               *cli_flags(study.generate), "--seed", str(run.seed)], partial, "fairseq-generate", mode="w")
-        os.replace(partial, gen_log)
+        with atomic_output(gen_log) as partial:
+            _call([python, "-m", "fairseq_cli.generate", study.data, "--user-dir", PACKAGE_DIR, "--path", best,
+                   *cli_flags(study.generate), "--seed", str(run.seed)], partial, "fairseq-generate", mode="w")
     with open(gen_log, encoding="utf-8", errors="replace") as f:
         try:
             gen = fairseq_logs.generation(f.read())

@@ -10,6 +10,9 @@ from ...masking import ATTENTION_INITS, MASK_INITS, PRUNE_METHODS, WEIGHT_INITS
 
 SHARE_MODES = ("layer_weights", "layer_mask", "none")
 LAYERNORM_TYPES = ("masked_layernorm", "normal_layernorm", "frozen_layernorm")
+# Marks the options a checkpoint records (checkpoint_options.py): they decide which random weights
+# exist and which of them the trained scores keep, so loading under other values is refused.
+RECORDED = {"recorded": True}
 
 
 @dataclass
@@ -48,41 +51,51 @@ class OneLayerTransformerConfig(FairseqDataclass):
     prune_ratio: float = field(
         default=0.5,
         metadata={"help": "fraction of each weight matrix REMOVED by the mask, in (0, 1); 0.5 keeps half. "
-                          "(The authors' --prune-ratio meant the fraction kept.)"})
+                          "(The authors' --prune-ratio meant the fraction kept.)", **RECORDED})
     prune_method: ChoiceEnum(PRUNE_METHODS) = field(
         default="super_mask",
         metadata={"help": "super_mask: keep the top-k by |score| (the paper's); topk: by signed score; "
-                          "threshold / sigmoid_threshold: score or sigmoid(score) above --mask-threshold"})
-    mask_threshold: float = field(default=0.0, metadata={"help": "threshold of the threshold methods"})
+                          "threshold / sigmoid_threshold: score or sigmoid(score) above --mask-threshold", **RECORDED})
+    mask_threshold: float = field(default=0.0, metadata={"help": "threshold of the threshold methods", **RECORDED})
     share_mask: ChoiceEnum(SHARE_MODES) = field(
         default="layer_weights",
         metadata={"help": "layer_weights: one random weight set per stack, scores per virtual layer; "
-                          "layer_mask: scores shared, weights per layer; none: independent random layers"})
+                          "layer_mask: scores shared, weights per layer; none: independent random layers", **RECORDED})
     init: ChoiceEnum(WEIGHT_INITS) = field(
-        default="kaiming_uniform", metadata={"help": "init of every random weight (attention included)"})
-    scale_fan: bool = field(default=False, metadata={"help": "scale the init's fan by the kept fraction"})
+        default="kaiming_uniform", metadata={"help": "init of every random weight (attention included)", **RECORDED})
+    scale_fan: bool = field(default=False, metadata={"help": "scale the init's fan by the kept fraction", **RECORDED})
     attention_init: ChoiceEnum(ATTENTION_INITS) = field(
         default="same",
         metadata={"help": "same: attention projections use --init; fairseq_xavier: the authors' code "
-                          "(xavier_uniform, gain 1/sqrt(2) for q/k/v), for exact paper runs"})
+                          "(xavier_uniform, gain 1/sqrt(2) for q/k/v), for exact paper runs", **RECORDED})
+    authors_init: bool = field(
+        default=False,
+        metadata={"help": "draw every random weight as the authors' code did, at any ratio: --scale-fan by the "
+                          "removed fraction and only for kaiming_normal / constant inits, their xavier attention, "
+                          "N(0, 1/sqrt(dim)) unmasked embeddings and untied output projection (kept masked), "
+                          "pre-trained embeddings rescaled only under --scale-fan (docs/differences-from-authors.md)",
+                          **RECORDED})
     mask_init: ChoiceEnum(MASK_INITS) = field(
-        default="standard", metadata={"help": "init of the scores: standard is kaiming_uniform(a=sqrt(5))"})
-    mask_constant: float = field(default=1.0, metadata={"help": "score value of the constant mask inits"})
+        default="standard", metadata={"help": "init of the scores: standard is kaiming_uniform(a=sqrt(5))", **RECORDED})
+    mask_constant: float = field(default=1.0, metadata={"help": "score value of the constant mask inits", **RECORDED})
     mask_layernorm_type: ChoiceEnum(LAYERNORM_TYPES) = field(
         default="masked_layernorm",
         metadata={"help": "masked_layernorm: no affine parameters; normal_layernorm: trained affine; "
-                          "frozen_layernorm: affine kept at its init"})
-    embed_no_mask: bool = field(default=False, metadata={"help": "embeddings are fixed and not masked (no scores)"})
-    need_bias: bool = field(default=False, metadata={"help": "add trained biases to the masked linear layers"})
+                          "frozen_layernorm: affine kept at its init", **RECORDED})
+    embed_no_mask: bool = field(
+        default=False, metadata={"help": "embeddings are fixed and not masked (no scores)", **RECORDED})
+    need_bias: bool = field(
+        default=False, metadata={"help": "add trained biases to the masked linear layers", **RECORDED})
     mask_log_interval: int = field(
         default=100,
-        metadata={"help": "log mask statistics (kept fraction and flipped bits per virtual layer, overlap of "
-                          "the layers sharing a weight) every N updates through fairseq's metrics "
-                          "(--tensorboard-logdir records them); 0 disables"})
-    seed: int = II("common.seed")
+        metadata={"help": "compute mask statistics every N updates: the log line shows their mean (kept "
+                          "fraction, flipped bits, overlap of the layers sharing a weight), "
+                          "--tensorboard-logdir records them per layer and matrix; 0 disables"})
+    seed: int = field(default=II("common.seed"), metadata=RECORDED)
 
 
 CONFIG_FIELDS = tuple(f.name for f in fields(OneLayerTransformerConfig))
+RECORDED_OPTIONS = tuple(f.name for f in fields(OneLayerTransformerConfig) if f.metadata.get("recorded"))
 
 # name -> (embed dim, FFN dim, heads, virtual layers per stack, extra defaults)
 ARCHITECTURES = {
@@ -92,4 +105,7 @@ ARCHITECTURES = {
     "one_layer_transformer_bigdeep_iwslt_de_en": (1024, 2048, 4, 12, {}),
     "one_layer_transformer_wmt_en_de": (512, 2048, 8, 6, {"dropout": 0.1}),
     "one_layer_transformer_wmt_en_de_big": (1024, 4096, 16, 6, {"dropout": 0.3}),
+    # What the authors' masked_transformer_wmt_en_de_big built (a name collision in their code):
+    # the model behind the paper's WMT14 "wider" 17.29.
+    "one_layer_transformer_wmt_en_de_big_as_run": (1536, 6144, 24, 6, {"dropout": 0.3, "attention_dropout": 0.1}),
 }

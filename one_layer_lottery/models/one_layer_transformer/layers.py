@@ -22,6 +22,8 @@ from ...masking import (
     TiedLinear,
     WeightInit,
     attention_init,
+    embedding_normal_init,
+    pretrained_embedding_scale,
 )
 
 
@@ -38,6 +40,8 @@ class MaskOptions:
     need_bias: bool
     embed_no_mask: bool
     seed: int
+    scale_fan: bool = False  # the flag as given (``weight_init`` holds what it means for each init)
+    authors_init: bool = False  # every tensor drawn as in the authors' code (see ``masking.init``)
 
     def new_scores(self, shape, name):
         return nn.Parameter(self.score_init.sample(shape, self.seed, name))
@@ -96,10 +100,11 @@ class LayerBuilder:
         opts = self.shared.opts
         in_dims = {"q_proj": embed_dim, "k_proj": kdim or embed_dim, "v_proj": vdim or embed_dim,
                    "out_proj": embed_dim}
+        qkv_same_dim = in_dims["k_proj"] == embed_dim and in_dims["v_proj"] == embed_dim
         projections = {
             proj: self.shared.linear(
                 self.index, f"{name}.{proj}", in_dim, embed_dim,
-                attention_init(opts.weight_init, opts.attention_init, proj), zero_bias=True)
+                attention_init(opts.weight_init, opts.attention_init, proj, qkv_same_dim), zero_bias=True)
             for proj, in_dim in in_dims.items()
         }
         return MaskedMultiheadAttention(embed_dim, num_heads, projections, kdim=kdim, vdim=vdim,
@@ -140,15 +145,47 @@ class NonAffineLayerNorm(nn.LayerNorm):
         return F.layer_norm(x, self.normalized_shape, ones, None, self.eps)
 
 
+def build_layer_norm(kind: str, normalized_shape, eps: float) -> nn.Module:
+    """The LayerNorm ``--mask-layernorm-type kind`` asks for, always one of torch's: without
+    parameters (masked_layernorm), with trained (normal_layernorm) or frozen (frozen_layernorm)
+    affine parameters at their init (ones, zeros)."""
+    if kind == "masked_layernorm":
+        norm = NonAffineLayerNorm(normalized_shape, eps=eps)
+    else:
+        norm = nn.LayerNorm(normalized_shape, eps=eps)
+        if kind == "frozen_layernorm":
+            norm.requires_grad_(False)
+    norm.layernorm_type = kind  # marks it as decided here (re-applying keeps it)
+    return norm
+
+
+def fairseq_layer_norm_classes() -> tuple:
+    """The classes fairseq's ``LayerNorm`` factory may return: torch's, and where apex is installed
+    and CUDA is available, apex's ``FusedLayerNorm``, which is not a ``torch.nn.LayerNorm``."""
+    from fairseq.modules import layer_norm
+
+    fused = getattr(layer_norm, "FusedLayerNorm", None)
+    return (nn.LayerNorm,) + ((fused,) if isinstance(fused, type) else ())
+
+
 def apply_layernorm_type(module: nn.Module, kind: str) -> None:
-    """Replace or freeze the LayerNorms that are direct children of ``module``."""
-    for name, child in list(module.named_children()):
-        if not isinstance(child, nn.LayerNorm):
-            continue
-        if kind == "masked_layernorm":
-            setattr(module, name, NonAffineLayerNorm(child.normalized_shape, eps=child.eps))
-        elif kind == "frozen_layernorm":
-            child.requires_grad_(False)
+    """Replace every LayerNorm fairseq built inside ``module`` by ``build_layer_norm(kind, ...)``.
+
+    Whatever class fairseq chose (its choice depends on apex and CUDA) is replaced, so the model
+    is the same everywhere: with apex's fused class left in place, a masked_layernorm model would
+    train affine parameters that the paper's model does not have.
+    """
+    classes = fairseq_layer_norm_classes()
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if getattr(child, "layernorm_type", None) == kind:
+                continue
+            # The class name catches other fused variants fairseq might return in the future.
+            if isinstance(child, classes) or "LayerNorm" in type(child).__name__:
+                if not hasattr(child, "normalized_shape") or not hasattr(child, "eps"):
+                    raise TypeError(f"cannot apply --mask-layernorm-type {kind} to {name} "
+                                    f"({type(child).__qualname__}): it has no normalized_shape / eps")
+                setattr(parent, name, build_layer_norm(kind, child.normalized_shape, child.eps))
 
 
 class _MaskedFeedForward:
@@ -232,8 +269,12 @@ class OneLayerTransformerDecoder(TransformerDecoderBase):
         opts = self._opts
         shape = (len(dictionary), self.output_embed_dim)
         name = "decoder.output_projection"
-        random = RandomWeight(shape, opts.weight_init, opts.seed, name)
-        scores = None if opts.embed_no_mask else opts.new_scores(shape, name)
+        # The authors drew an untied output projection from N(0, 1/sqrt(dim)) and kept it masked
+        # also under --embed-no-mask.
+        init = embedding_normal_init() if opts.authors_init else opts.weight_init
+        masked = opts.authors_init or not opts.embed_no_mask
+        random = RandomWeight(shape, init, opts.seed, name)
+        scores = opts.new_scores(shape, name) if masked else None
         self.output_projection = MaskedLinear(random, opts.mask, scores)
 
 
@@ -241,14 +282,16 @@ def build_masked_embedding(opts: MaskOptions, num_embeddings: int, embed_dim: in
                            name: str, pretrained: torch.Tensor = None, found_rows=None) -> MaskedEmbedding:
     """A random (or partly pre-trained) embedding table, masked unless ``--embed-no-mask``.
 
-    Pre-trained rows replace the random ones; when they are masked they are scaled by
-    1/sqrt(kept fraction), as in the authors' code, to keep the masked rows' norm.
+    Pre-trained rows replace the random ones, scaled by ``pretrained_embedding_scale``.
     """
-    random = RandomWeight((num_embeddings, embed_dim), opts.weight_init, opts.seed, name)
+    # The authors' unmasked embeddings: fairseq's N(0, 1/sqrt(dim)); masked ones use --init.
+    init = embedding_normal_init() if opts.authors_init and opts.embed_no_mask else opts.weight_init
+    random = RandomWeight((num_embeddings, embed_dim), init, opts.seed, name)
     with torch.no_grad():
         if pretrained is not None:
             rows = torch.as_tensor(found_rows, dtype=torch.long)
-            scale = 1.0 if opts.embed_no_mask else opts.mask.keep_fraction ** -0.5
+            scale = pretrained_embedding_scale(opts.mask.prune_ratio, not opts.embed_no_mask, opts.scale_fan,
+                                               opts.authors_init)
             random.weight[rows] = pretrained.to(random.weight.dtype) * scale
         if padding_idx is not None:
             random.weight[padding_idx].zero_()

@@ -1,7 +1,7 @@
 """What a study needs from fairseq's output: validations, parameter counts and speed from a
 ``fairseq-train --log-format simple`` log, hypotheses and BLEU from ``fairseq-generate``."""
 import re
-from typing import Dict, List
+from typing import Dict, Iterator, List, Tuple
 
 _VALID = re.compile(r"valid on 'valid' subset \| (.*)$")
 _TRAIN_EPOCH = re.compile(r"\| train \| epoch \d+ \| (.*)$")
@@ -23,18 +23,23 @@ def _fields(text: str) -> Dict[str, str]:
     return out
 
 
+def validation_lines(log_text: str) -> Iterator[Tuple[int, Dict[str, str]]]:
+    """(line number, {field: value}) of every ``valid on 'valid' subset`` line, in order."""
+    for line_no, line in enumerate(log_text.splitlines(), 1):
+        m = _VALID.search(line)
+        if m:
+            yield line_no, _fields(m.group(1))
+
+
 def validations(log_text: str) -> List[dict]:
     """One entry per update validated, in update order; a validation repeated after a resume keeps the last."""
     by_update = {}
-    for line in log_text.splitlines():
-        m = _VALID.search(line)
-        if m:
-            f = _fields(m.group(1))
-            if "num_updates" in f:
-                by_update[int(f["num_updates"])] = {
-                    "update": int(f["num_updates"]), "loss": float(f["loss"]),
-                    "nll_loss": float(f["nll_loss"]) if "nll_loss" in f else None,
-                    "bleu": float(f["bleu"]) if "bleu" in f else None}
+    for _, f in validation_lines(log_text):
+        if "num_updates" in f:
+            by_update[int(f["num_updates"])] = {
+                "update": int(f["num_updates"]), "loss": float(f["loss"]),
+                "nll_loss": float(f["nll_loss"]) if "nll_loss" in f else None,
+                "bleu": float(f["bleu"]) if "bleu" in f else None}
     return [by_update[u] for u in sorted(by_update)]
 
 

@@ -1,16 +1,16 @@
-"""Reader for fairseq's text embedding format (``--encoder-embed-path``).
+"""fairseq's text embedding format (``--encoder-embed-path``): reader and writer.
 
 Format: a header line ``<count> <dim>``, then one line per token: the token and ``dim``
 numbers separated by spaces. Every problem is reported with the file and line number.
 Memory is bounded by the dictionary, not by the header's count.
 """
 import math
-import os
 import re
 from typing import Dict, List, Tuple
 
 import torch
 
+from .atomic import atomic_output
 
 _DIGITS = re.compile(r"[0-9]+")
 
@@ -99,13 +99,8 @@ def write_embeddings(path: str, tokens: List[str], weight: torch.Tensor) -> None
     """Write ``weight`` (one row per token) in the format ``read_embeddings`` reads."""
     if weight.dim() != 2 or weight.shape[0] != len(tokens):
         raise ValueError(f"{len(tokens)} tokens but a weight of shape {tuple(weight.shape)}")
-    tmp = f"{path}.tmp{os.getpid()}"  # a failed write leaves any existing file untouched
-    try:
+    with atomic_output(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(f"{weight.shape[0]} {weight.shape[1]}\n")
             for tok, row in zip(tokens, weight.tolist()):
                 f.write(tok + " " + " ".join(repr(float(v)) for v in row) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -1,0 +1,1 @@
+"""Checkpoint files: safe loading, atomic writes, averaging, embedding files and dumps."""

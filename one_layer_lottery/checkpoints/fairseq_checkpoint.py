@@ -1,0 +1,83 @@
+"""What a fairseq checkpoint file holds: reading one safely, its config and progress, and making
+one for decoding; configs as plain values."""
+import argparse
+from enum import Enum
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from . import safe_load  # noqa: F401  (fairseq checkpoints under weights_only=True)
+
+
+def load_state(path: str, error=ValueError) -> dict:
+    """A fairseq checkpoint's saved dict, on CPU with ``weights_only=True``; every problem is raised
+    as ``error`` naming the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise error(f"{path}: no such checkpoint") from None
+    except Exception as e:
+        raise error(f"{path}: cannot be loaded as a fairseq checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise error(f"{path}: not a fairseq checkpoint (no 'model' state)")
+    return state
+
+
+def config_section(state: dict, section: str) -> dict:
+    """``cfg[section]`` of a loaded fairseq checkpoint as a dict (old checkpoints: their ``args``);
+    {} when it has neither."""
+    cfg = state.get("cfg")
+    if cfg is not None and cfg.get(section) is not None:
+        return dict(cfg[section])
+    args = state.get("args")
+    return vars(args) if args is not None else {}
+
+
+def updates_done(state: dict) -> Optional[int]:
+    """The updates the checkpoint's training had done (None when it does not say)."""
+    history = state.get("optimizer_history") or [{}]
+    return history[-1].get("num_updates")
+
+
+def decoding_checkpoint(cfg: dict, model_state: dict, updates: Optional[int] = None, **extra_state) -> dict:
+    """A checkpoint that ``fairseq-generate`` loads: the model, no optimizer or training state."""
+    return {
+        "args": None,
+        "cfg": cfg,
+        "model": model_state,
+        "optimizer_history": [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "none",
+                               "lr_scheduler_state": {}, "num_updates": int(updates or 0)}],
+        "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0}, **extra_state},
+        "last_optimizer_state": None,
+    }
+
+
+def plain(value: Any, where: str = "cfg") -> Any:
+    """``value`` as JSON-like Python (dict/list/str/int/float/bool/None); raises on anything else.
+
+    Namespaces (fairseq's legacy model configs) become dicts, enums their string value.
+    """
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True, enum_to_str=True)
+    if isinstance(value, argparse.Namespace):
+        value = vars(value)
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, Enum):
+        return str(value.value) if isinstance(value.value, str) else str(value.name)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"{where}: key {k!r} is not a string")
+            out[k] = plain(v, f"{where}.{k}")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise ValueError(f"{where}: a value of type {type(value).__name__} cannot be stored in a plain file")

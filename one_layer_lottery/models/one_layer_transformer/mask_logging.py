@@ -1,0 +1,62 @@
+"""Mask statistics in fairseq-train's log and TensorBoard.
+
+``MaskMonitor`` logs ``model_mask_stats`` through fairseq's metrics. A log line would carry about
+40 of them (a value per virtual layer and per matrix), so importing this module makes fairseq's
+text progress bars (simple, tqdm, json) show only the summary (``mask_kept``, ``mask_flipped``,
+``mask_jaccard_<stack>``); TensorBoard, which reads the same metrics, keeps every value.
+"""
+from collections import OrderedDict
+from typing import Dict, Optional
+
+import torch
+from fairseq.logging import metrics, progress_bar
+
+from ...subnetwork.mask_stats import is_detail, model_mask_stats
+
+
+class MaskMonitor:
+    """Logs ``model_mask_stats`` through fairseq's metrics during training.
+
+    fairseq calls ``model.set_num_updates(n)`` at the start of every update (n updates done).
+    The statistics are computed from the masks update n+1 trains with, when n+1 is a multiple
+    of ``interval`` (and once at the first call, as the reference for the flips); the last
+    values are re-logged at every update with weight 0, so that whatever update fairseq's log
+    lands on shows the latest values (never an empty meter).
+    """
+
+    PRIORITY = 1000  # after fairseq's own statistics in the log line
+
+    def __init__(self, interval: int):
+        self.interval = interval
+        self.previous: Optional[Dict[int, torch.Tensor]] = None
+        self.scalars: Dict[str, float] = {}
+        self.computed_at: Optional[int] = None
+
+    def step(self, model, num_updates: int) -> None:
+        if self.interval <= 0:
+            return
+        if self.computed_at != num_updates and (self.previous is None or (num_updates + 1) % self.interval == 0):
+            with torch.no_grad():
+                self.scalars, self.previous = model_mask_stats(model, self.previous)
+            self.computed_at = num_updates
+        for key, value in self.scalars.items():
+            # kept, then flipped, then overlap (fairseq orders a log line by priority)
+            rank = 2 if key.startswith("mask_jaccard") else 1 if key.startswith("mask_flipped") else 0
+            metrics.log_scalar(key, value, weight=0, priority=self.PRIORITY + rank, round=4)
+
+
+def _without_detail(format_stats):
+    def format_stats_without_detail(self, stats, *args, **kwargs):
+        summary = OrderedDict((k, v) for k, v in stats.items() if not is_detail(k))
+        return format_stats(self, summary, *args, **kwargs)
+
+    format_stats_without_detail.with_detail = format_stats
+    return format_stats_without_detail
+
+
+# Every text bar formats its stats in one of these two methods; the TensorBoard, W&B, Aim and
+# AzureML wrappers read the stats before that. A second import (another --user-dir path) wraps
+# fairseq's own method again, not the wrapper.
+for _bar in (progress_bar.BaseProgressBar, progress_bar.JsonProgressBar):
+    _format = _bar.__dict__["_format_stats"]
+    _bar._format_stats = _without_detail(getattr(_format, "with_detail", _format))

@@ -1,0 +1,67 @@
+"""The model's options as every tool reads them: resolved once, masking options validated once.
+
+Options enter from fairseq's command line, Hydra YAML, a checkpoint's stored config or a compact
+file's header; each of those passes through ``resolve_options`` and ``validated_mask_options``,
+so every error names the flag, whatever the source.
+"""
+import argparse
+
+from fairseq.utils import safe_getattr
+
+from ...masking import ATTENTION_INITS, MaskConfig, ScoreInit, masked_weight_init
+from .config import CONFIG_FIELDS, LAYERNORM_TYPES, SHARE_MODES, OneLayerTransformerConfig
+from .layers import MaskOptions
+
+# Values of the fields whose defaults interpolate other config groups, for a bare config.
+_FALLBACKS = {"seed": 1, "max_source_positions": 1024, "max_target_positions": 1024}
+
+
+def resolve_options(cfg) -> argparse.Namespace:
+    """Every option of the model from an argparse Namespace, a (possibly partial) DictConfig or a
+    dict, the dataclass defaults filling in what is missing."""
+    defaults = OneLayerTransformerConfig()
+    values = {}
+    for name in CONFIG_FIELDS:
+        value = cfg.get(name) if isinstance(cfg, dict) else safe_getattr(cfg, name, None)
+        if value is None:
+            value = getattr(defaults, name)
+        if isinstance(value, str) and value.startswith("${"):
+            value = _FALLBACKS[name]
+        values[name] = value
+    if values.get("authors_init"):  # the authors' draws include their attention init
+        values["attention_init"] = "fairseq_xavier"
+    return argparse.Namespace(**values)
+
+
+def validated_mask_options(args: argparse.Namespace) -> MaskOptions:
+    """The masking options of resolved ``args``; raises ValueError naming the flag of a bad one."""
+    mask = MaskConfig(str(args.prune_method), args.prune_ratio, float(args.mask_threshold))
+    authors_init = bool(args.authors_init)
+    return MaskOptions(
+        mask=mask,
+        weight_init=masked_weight_init(str(args.init), bool(args.scale_fan), mask.prune_ratio, authors_init),
+        attention_init=_choice("--attention-init", args.attention_init, ATTENTION_INITS),
+        score_init=ScoreInit(str(args.mask_init), float(args.mask_constant)),
+        share_mask=_choice("--share-mask", args.share_mask, SHARE_MODES),
+        layernorm_type=_choice("--mask-layernorm-type", args.mask_layernorm_type, LAYERNORM_TYPES),
+        need_bias=bool(args.need_bias),
+        embed_no_mask=bool(args.embed_no_mask),
+        seed=int(args.seed),
+        scale_fan=bool(args.scale_fan),
+        authors_init=authors_init,
+    )
+
+
+def validated_log_interval(args: argparse.Namespace) -> int:
+    """``--mask-log-interval``: updates between two computations of the mask statistics (0: never)."""
+    interval = args.mask_log_interval
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
+        raise ValueError(f"--mask-log-interval must be a non-negative integer, got {interval!r}")
+    return interval
+
+
+def _choice(flag, value, choices):
+    value = str(value)
+    if value not in choices:
+        raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+    return value
