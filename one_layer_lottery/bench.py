@@ -19,8 +19,14 @@ import os
 import statistics
 import tempfile
 import time
+import warnings
 
-import torch
+# Kineto (the profiler behind the CPU memory measure) logs every start and stop at its default level.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+import torch  # noqa: E402  (after the variable above)
+
+from .checkpoints.atomic import atomic_output  # noqa: E402
+from .console import quiet_logging  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SRC_VOCAB, TGT_VOCAB = 8848, 6632  # IWSLT14 de-en dictionaries (fairseq recipe)
@@ -290,6 +296,9 @@ def main(argv=None):
     parser.add_argument("--skip-memory", action="store_true", help="do not measure peak memory")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
+    quiet_logging()
+    # fairseq builds its configs through Hydra APIs that Hydra itself marks deprecated: not ours to act on.
+    warnings.filterwarnings("ignore", message=r"(?s).*(hydra|version_base)")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     try:
@@ -311,7 +320,7 @@ def main(argv=None):
               f"({p['masked'] / 2**20:.0f} MiB / {p['dense'] / 2**20:.0f} MiB; the models themselves: "
               f"{mb['masked'] / 2**20:.0f} MiB / {mb['dense'] / 2**20:.0f} MiB)")
     if args.json:
-        with open(args.json, "w") as f:
+        with atomic_output(args.json) as tmp, open(tmp, "w") as f:
             json.dump(r, f, indent=2)
 
 

@@ -49,13 +49,27 @@ print(v, "ok" if (major, minor) >= need else "old")
 PY
 }
 
+mkdir -p "$venv"
+log_file="$venv/setup.log"
+: > "$log_file"
+# step WHAT COMMAND...: one line on the console; the command's output goes to the log, shown when it fails.
+step() {
+  local what="$1"
+  shift
+  echo "setup: $what"
+  if ! "$@" >> "$log_file" 2>&1; then
+    tail -n 30 "$log_file" >&2
+    die "$what failed (full output: $log_file)"
+  fi
+}
+
 if [[ ! -x "$venv/bin/python" ]]; then
   if [[ "$use_system_torch" == 1 ]]; then
     [[ -n "$(torch_status "$python")" ]] \
       || die "USE_SYSTEM_TORCH=1: $python cannot import torch (load the module that provides it, or set PYTHON)"
-    "$python" -m venv --system-site-packages "$venv"
+    step "creating $venv (with the system's site-packages)" "$python" -m venv --system-site-packages "$venv"
   else
-    "$python" -m venv "$venv"
+    step "creating $venv" "$python" -m venv "$venv"
   fi
 fi
 
@@ -66,7 +80,7 @@ if [[ "$use_system_torch" == 1 && "${verdict:-}" != ok ]]; then
 fi
 pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q ${source_args[@]+"${source_args[@]}"})
 # Offline, the venv's own pip does: there is no index to upgrade it from.
-[[ -n "${WHEELHOUSE:-}" ]] || "${pip[@]}" --upgrade pip
+[[ -n "${WHEELHOUSE:-}" ]] || step "upgrading pip" "${pip[@]}" --upgrade pip
 if [[ "${verdict:-}" == ok && ( "$use_system_torch" == 1 || -z "${TORCH_SPEC:-}" ) ]]; then
   echo "setup: keeping torch $present"
   pin_file="$(mktemp)"
@@ -75,13 +89,13 @@ if [[ "${verdict:-}" == ok && ( "$use_system_torch" == 1 || -z "${TORCH_SPEC:-}"
   pin=(--constraint "$pin_file")
 else
   [[ -z "${present:-}" ]] || echo "setup: replacing torch $present with $torch_spec"
-  "${pip[@]}" "$torch_spec"
+  step "installing $torch_spec" "${pip[@]}" "$torch_spec"
 fi
 pip+=(${pin[@]+"${pin[@]}"})
-"${pip[@]}" "${base_reqs[@]}"
+step "installing the build requirements" "${pip[@]}" "${base_reqs[@]}"
 "$venv/bin/python" -c "import fairseq" >/dev/null 2>&1 \
-  || "${pip[@]}" --no-deps --no-build-isolation "$fairseq_spec"
-"${pip[@]}" "${reqs[@]}"
-"${pip[@]}" --no-deps --no-build-isolation -e "$root"
+  || step "installing $fairseq_spec (compiles its extensions)" "${pip[@]}" --no-deps --no-build-isolation "$fairseq_spec"
+step "installing fairseq's requirements and the tools" "${pip[@]}" "${reqs[@]}"
+step "installing one_layer_lottery (editable)" "${pip[@]}" --no-deps --no-build-isolation -e "$root"
 "$venv/bin/python" -c "import torch, fairseq, one_layer_lottery; print('setup: torch', torch.__version__, 'fairseq', fairseq.__version__)"
 echo "$want" > "$stamp"

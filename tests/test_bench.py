@@ -46,3 +46,21 @@ def test_peak_memory_needs_a_warm_up_step(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--warmup", "0"])
     assert "--warmup must be at least 1" in capsys.readouterr().err
+
+
+def test_command_line_prints_results_only(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "one_layer_lottery.bench", "--max-tokens", "128", "--steps", "1",
+                           "--warmup", "1", "--mask-reps", "1", "--gen-reps", "1", "--gen-sentences", "1",
+                           "--gen-len", "2", "--json", str(out)], capture_output=True, text=True, timeout=900,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no Hydra deprecation warnings, DEBUG/INFO lines or profiler start/stop lines
+    assert [line.split()[0] for line in proc.stdout.splitlines()] == ["arch=one_layer_transformer_iwslt_de_en",
+                                                                      "train", "mask", "generation", "peak"]
+    assert json.loads(out.read_text())["train_step_ratio"] > 0

@@ -3,6 +3,7 @@ import json
 import os
 
 from ..checkpoints.atomic import atomic_output
+from .spec import read_parsed
 
 # Every field a finished run records; a file missing one is reported as partial.
 FIELDS = ("id", "experiment", "seed", "about", "flags", "command", "commit", "valid", "test", "train",
@@ -27,13 +28,8 @@ def write(path: str, result: dict) -> None:
 
 
 def read(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            result = json.load(f)
-    except OSError as e:
-        raise ResultError(f"{path}: cannot read ({e.strerror})") from e
-    except ValueError as e:
-        raise ResultError(f"{path}: not valid JSON ({e}); delete it to run the experiment again") from e
+    result = read_parsed(path, json.loads, (ValueError,), ResultError,
+                         "is not valid JSON (delete it to run the experiment again)")
     if not isinstance(result, dict):
         raise ResultError(f"{path}: not a result object")
     missing = [k for k in FIELDS if k not in result]

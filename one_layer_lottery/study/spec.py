@@ -9,7 +9,7 @@ Layers, later ones winning: ``train`` (every experiment), the experiment's ``mod
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import yaml
 
@@ -71,6 +71,19 @@ class Study:
         return os.path.join(self.work, run.id)
 
 
+def read_parsed(path: str, parse: Callable, parse_errors: tuple, error: type, invalid: str):
+    """``parse`` of the file's text; a missing file or a parse error becomes ``error`` naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror})") from e
+    try:
+        return parse(text)
+    except parse_errors as e:
+        raise error(f"{path} {invalid}: {e}") from e
+
+
 def cli_flags(flags: Dict[str, object]) -> List[str]:
     """``{"lr": 0.003, "share-all-embeddings": True, "x": False}`` -> ``["--lr", "0.003", "--share-all-embeddings"]``."""
     argv = []
@@ -97,13 +110,7 @@ def _flag_map(value, where: str) -> Dict[str, object]:
 
 
 def load(path: str) -> Study:
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
-    except OSError as e:
-        raise StudyError(f"cannot read the study file {path}: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        raise StudyError(f"{path} is not valid YAML: {e}") from e
+    doc = read_parsed(path, yaml.safe_load, (yaml.YAMLError,), StudyError, "is not valid YAML")
     if not isinstance(doc, dict):
         raise StudyError(f"{path}: the study must be a YAML mapping")
     unknown = set(doc) - _TOP_KEYS
