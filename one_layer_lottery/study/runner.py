@@ -6,7 +6,12 @@ import sys
 import time
 from typing import Callable, List
 
+import sacrebleu
+from fairseq.data import data_utils
+from sacremoses import MosesDetokenizer
+
 from .. import fairseq_logs
+from ..checkpoints.dump_embeddings import DumpError, dump_embeddings
 from ..checkpoints.atomic import atomic_output
 from . import results
 from .spec import Run, Study, cli_flags
@@ -50,8 +55,6 @@ def _call(argv: List[str], log_path: str, step: str, mode: str = "a") -> None:
 
 
 def _embedding_flags(study: Study, run: Run, run_dir: str, ensure: Callable[[Run], None]) -> List[str]:
-    from ..checkpoints.dump_embeddings import DumpError, dump_embeddings
-
     source = study.run(run.embeddings_from)
     checkpoint = os.path.join(study.run_dir(source), "checkpoints", "checkpoint_best.pt")
     prefix = os.path.join(run_dir, "embeddings")
@@ -73,10 +76,6 @@ def _embedding_flags(study: Study, run: Run, run_dir: str, ensure: Callable[[Run
 
 
 def _sacrebleu(study: Study, hypotheses: List[str]) -> dict:
-    import sacrebleu
-    from fairseq.data import data_utils
-    from sacremoses import MosesDetokenizer
-
     if not study.references or not os.path.isfile(study.references):
         raise RunError(f"the raw test references {study.references} are missing (study key 'references')")
     with open(study.references, encoding="utf-8") as f:
