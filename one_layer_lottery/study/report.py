@@ -122,8 +122,9 @@ def plot(study: Study, rows: Dict[str, List[dict]], out_png: str) -> None:
     means = [statistics.mean(_test(rows[n], "bleu_tokenised")) for n in names]
     bars.barh(range(len(names)), means, color="#9ab")
     for i, n in enumerate(names):
-        bars.plot(_test(rows[n], "bleu_tokenised"), [i] * len(rows[n]), "k.", ms=6)
-        bars.text(means[i] + 0.3, i, f"{means[i]:.2f}", va="center", fontsize=8)
+        seeds = _test(rows[n], "bleu_tokenised")
+        bars.plot(seeds, [i] * len(seeds), "k.", ms=6)
+        bars.text(max(means[i], *seeds) + 0.4, i, f"{means[i]:.2f}", va="center", fontsize=8)  # right of every dot
     bars.set_yticks(range(len(names)), names, fontsize=8)
     bars.invert_yaxis()
     bars.set_xlabel("test BLEU, tokenised (bar: mean; dots: seeds)")
