@@ -1,9 +1,36 @@
-"""Console output of the command-line tools: results on stdout, warnings and errors on stderr."""
+"""Console output of the command-line tools: results on stdout, warnings and errors on stderr.
+
+A problem the user can act on (a bad file, a bad option) is a ``ToolError``: every tool prints it
+as one line, ``<tool>: error: <message>``, and exits with status 2, as argparse does for usage
+errors. ``ONE_LAYER_LOTTERY_DEBUG=1`` shows the traceback instead.
+"""
+import contextlib
 import logging
+import os
+import sys
+
+DEBUG_ENV = "ONE_LAYER_LOTTERY_DEBUG"
+USAGE_ERROR = 2
 
 # Importing fairseq logs an INFO line about tensorboardX from its text_to_speech task; neither the
 # tools nor fairseq-train (which uses torch.utils.tensorboard) need it.
 logging.getLogger("fairseq.tasks.text_to_speech").setLevel(logging.WARNING)
+
+
+class ToolError(ValueError):
+    """A problem with the user's input, told in one line that names the file or the flag."""
+
+
+def read_text(path, what: str, error: type = ToolError) -> str:
+    """The UTF-8 text of ``path``; a file that cannot be read becomes ``error`` naming it and ``what``
+    it should have been."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise error(f"{path}: cannot read {what} ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not UTF-8 text, so not {what}") from None
 
 
 def quiet_logging() -> None:
@@ -11,3 +38,43 @@ def quiet_logging() -> None:
     modules sets the root logger to DEBUG, which lets every library's chatter through)."""
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # when nothing configured it yet
     logging.getLogger().setLevel(logging.WARNING)
+
+
+def _debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _report(tool: str, error: BaseException) -> None:
+    sys.stdout.flush()
+    message = " ".join(str(error).split("\n")[0].split())  # one line, whatever the message held
+    print(f"{tool}: error: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def tool_errors(tool: str):
+    """Turn a ``ToolError`` raised inside into the tool's one-line error and exit status 2."""
+    try:
+        yield
+    except ToolError as e:
+        if _debugging():
+            raise
+        _report(tool, e)
+        raise SystemExit(USAGE_ERROR) from None
+
+
+def _fairseq_cli_hook(previous):
+    def hook(kind, value, traceback):
+        if not issubclass(kind, ToolError) or _debugging():
+            return previous(kind, value, traceback)
+        _report(os.path.basename(sys.argv[0]) or "fairseq", value)
+        os._exit(USAGE_ERROR)  # the process was ending anyway; this sets argparse's status for a usage error
+
+    return hook
+
+
+def report_tool_errors_of_fairseq_clis() -> None:
+    """fairseq-train / fairseq-generate have no place for a plugin to catch errors, so an option or
+    file error of this plugin that reaches the top of the process is printed as a usage error there."""
+    if not getattr(sys.excepthook, "one_layer_lottery", False):
+        sys.excepthook = _fairseq_cli_hook(sys.excepthook)
+        sys.excepthook.one_layer_lottery = True

@@ -9,21 +9,20 @@ import argparse
 import sys
 
 from .checkpoints.atomic import atomic_output
-from .console import quiet_logging
-from .fairseq_logs import validation_lines
+from .console import quiet_logging, read_text, tool_errors
+from .fairseq_logs import LogError, validation_lines
 
 
 def read_validations(path, metric="bleu"):
     """[(num_updates, value), ...] of every validation in a fairseq-train log, in order."""
     points = []
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(path, "a fairseq-train log", LogError)
     for line_no, fields in validation_lines(text):
         if metric not in fields or "num_updates" not in fields:
-            raise ValueError(f"{path}:{line_no}: validation line without {metric!r} or num_updates")
+            raise LogError(f"{path}:{line_no}: validation line without {metric!r} or num_updates")
         points.append((int(fields["num_updates"]), float(fields[metric])))
     if not points:
-        raise ValueError(f"{path}: no validation lines (\"valid on 'valid' subset\") found")
+        raise LogError(f"{path}: no validation lines (\"valid on 'valid' subset\") found")
     return points
 
 
@@ -63,10 +62,8 @@ def main(argv=None):
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             parser.error(f"run must be NAME=TRAIN_LOG, got {spec!r}")
-        try:
+        with tool_errors("curves"):
             runs[name] = read_validations(path, args.metric)
-        except (OSError, ValueError) as e:
-            parser.error(str(e))
     updates = sorted({u for points in runs.values() for u, _ in points})
     print("| run | " + " | ".join(str(u) for u in updates) + " |")
     print("|---|" + "---|" * len(updates))

@@ -3,6 +3,8 @@
 import re
 from typing import Dict, Iterator, List, Tuple
 
+from .console import ToolError
+
 _VALID = re.compile(r"valid on 'valid' subset \| (.*)$")
 _TRAIN_EPOCH = re.compile(r"\| train \| epoch \d+ \| (.*)$")
 _PARAMS = re.compile(r"num\. shared model params: ([\d,]+) \(num\. trained: ([\d,]+)\)")
@@ -10,7 +12,7 @@ _GENERATE = re.compile(r"^Generate (\S+) with beam=(\d+): BLEU4 = ([\d.]+), .*?\
                        r"syslen=(\d+), reflen=(\d+)\)")
 
 
-class LogError(ValueError):
+class LogError(ToolError):
     pass
 
 

@@ -196,8 +196,11 @@ def test_wrong_dictionary_is_refused(small_file, sample_bin, tmp_path, capsys):
         compact.load(small_file, data=longer)
     # The command line: an error message, no output file.
     out = tmp_path / "expanded.pt"
-    assert export.main(["expand", str(small_file), str(out), "--data", str(swapped)]) == 1
-    assert "error: wrong dictionary" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit) as exit_:
+        export.main(["expand", str(small_file), str(out), "--data", str(swapped)])
+    assert exit_.value.code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert err.startswith("export: error: ") and "wrong dictionary" in err and len(err.splitlines()) == 1
 
 
 def test_other_random_number_generator_is_refused(small_file, monkeypatch):

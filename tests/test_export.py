@@ -105,11 +105,9 @@ def test_stock_fairseq_decodes_the_dense_export(trained_sample, trained_sample_g
 def test_failed_export_leaves_existing_output(trained_sample, tmp_path, capsys):
     out = tmp_path / "dense.pt"
     out.write_bytes(b"previous export")
-    assert export.main(["dense", str(trained_sample.checkpoint), str(out), "--data", str(tmp_path / "nowhere")]) == 1
-    assert "nowhere: not a directory" in capsys.readouterr().err
-    assert out.read_bytes() == b"previous export"
-    assert export.main(["compact", str(tmp_path / "missing.pt"), str(out)]) == 1
-    assert "missing.pt does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        export.main(["dense", str(trained_sample.checkpoint), str(out), "--data", str(tmp_path / "nowhere")])
+    assert exit_.value.code == 2 and "nowhere: not a directory" in capsys.readouterr().err
     assert out.read_bytes() == b"previous export"
 
 

@@ -12,6 +12,7 @@ import torch
 
 import stub_venv
 from conftest import ROOT, build, run_cli, run_script
+from one_layer_lottery.model_files import InputFileError
 from one_layer_lottery import paper_batch
 from one_layer_lottery.checkpoints.dump_embeddings import DumpError, dump_embeddings
 from one_layer_lottery.checkpoints.dump_embeddings import main as dump_main
@@ -107,7 +108,7 @@ def test_dump_embeddings_refuses_what_it_cannot_dump(dense_run, sample_bin_joine
     torch.save(state, tmp_path / "masked.pt")
     with pytest.raises(DumpError, match="is a one_layer_transformer"):
         dump_embeddings(str(tmp_path / "masked.pt"), str(tmp_path / "x"))
-    with pytest.raises(DumpError, match="no such checkpoint"):
+    with pytest.raises(InputFileError, match="absent.pt: no such file"):
         dump_embeddings(str(tmp_path / "absent.pt"), str(tmp_path / "x"))
     assert not list(tmp_path.glob("x*"))
 

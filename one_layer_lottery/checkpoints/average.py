@@ -14,7 +14,7 @@ Checkpoints of other fairseq models average every floating-point tensor, as fair
 The output is the most trained input (by update count) with its model state replaced by the
 average and without the optimizer state (which belongs to one input, not to the average); it is
 written to a temporary file and renamed, so an existing output is never left half written. Inputs are loaded one at a
-time with ``torch.load(weights_only=True)``.
+time with ``torch.load(weights_only=True)``; a bad input stops the tool with one line naming it.
 """
 import argparse
 import os
@@ -23,16 +23,17 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..console import quiet_logging
+from ..console import ToolError, quiet_logging, tool_errors
 from ..models.one_layer_transformer.state_keys import EXTRA_STATE_KEY, is_layer_norm, is_random_weight
 from .atomic import atomic_output
-from .fairseq_checkpoint import config_section, load_state, updates_done
+from ..model_files import load_checkpoint_state
+from .fairseq_checkpoint import config_section, updates_done
 
 EPOCH_FILE = re.compile(r"^checkpoint(\d+)\.pt$")
 UPDATE_FILE = re.compile(r"^checkpoint_(\d+)_(\d+)\.pt$")
 
 
-class AverageError(ValueError):
+class AverageError(ToolError):
     pass
 
 
@@ -84,7 +85,7 @@ def average_checkpoints(paths: List[str]) -> dict:
     model_cfg = None
     meta, meta_updates = None, -1
     for path in paths:
-        state = load_state(path, AverageError)
+        state = load_checkpoint_state(path)
         model = state.pop("model")
         state.pop("last_optimizer_state", None)  # belongs to one input, not to the average
         if model_cfg is None:
@@ -157,7 +158,7 @@ def main(argv=None):
     parser.add_argument("--checkpoint-upper-bound", type=int,
                         help="with --num-*-checkpoints: ignore checkpoints after this epoch (update)")
     args = parser.parse_args(argv)
-    try:
+    with tool_errors("average_checkpoints"):
         if args.num_epoch_checkpoints is not None or args.num_update_checkpoints is not None:
             if len(args.inputs) != 1:
                 raise AverageError("with --num-*-checkpoints, --inputs must be one save directory")
@@ -171,6 +172,4 @@ def main(argv=None):
             raise AverageError(f"--output {args.output} is one of the inputs")
         state = average_checkpoints(paths)
         save(state, args.output)
-    except AverageError as e:
-        parser.exit(2, f"average_checkpoints: error: {e}\n")
     print(f"averaged {len(paths)} checkpoint(s) into {args.output}: {', '.join(paths)}")

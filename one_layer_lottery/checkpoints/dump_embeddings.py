@@ -17,13 +17,14 @@ from typing import Dict, Tuple
 import torch
 from fairseq.data import Dictionary, data_utils
 
-from ..console import quiet_logging
+from ..console import ToolError, quiet_logging, tool_errors
 from ..models.one_layer_transformer.state_keys import STACKS, embedding_key, random_embedding_key
 from .embedding_file import write_embeddings
-from .fairseq_checkpoint import config_section, load_state
+from ..model_files import load_checkpoint_state
+from .fairseq_checkpoint import config_section
 
 
-class DumpError(ValueError):
+class DumpError(ToolError):
     pass
 
 
@@ -46,7 +47,7 @@ def _languages(data: str, task: dict) -> Tuple[str, str]:
 
 def embedding_tables(checkpoint: str, data: str = None) -> Dict[str, Tuple[list, torch.Tensor]]:
     """{"encoder": (tokens, weight), "decoder": (tokens, weight)} of a fairseq Transformer checkpoint."""
-    state = load_state(checkpoint, DumpError)
+    state = load_checkpoint_state(checkpoint)
     model = state["model"]
     if random_embedding_key("encoder") in model:
         raise DumpError(f"{checkpoint} is a one_layer_transformer (random embeddings): dump the embeddings of a "
@@ -95,8 +96,6 @@ def main(argv=None):
     parser.add_argument("out_prefix", help="writes OUT_PREFIX.encoder.txt and OUT_PREFIX.decoder.txt")
     parser.add_argument("--data", help="data directory with the dict.*.txt (default: the checkpoint's cfg.task.data)")
     args = parser.parse_args(argv)
-    try:
+    with tool_errors("dump_embeddings"):
         written = dump_embeddings(args.checkpoint, args.out_prefix, args.data)
-    except DumpError as e:
-        parser.exit(2, f"dump_embeddings: error: {e}\n")
     print(f"--encoder-embed-path {written['encoder']} --decoder-embed-path {written['decoder']}")

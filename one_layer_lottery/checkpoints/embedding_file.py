@@ -10,12 +10,13 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from ..console import ToolError
 from .atomic import atomic_output
 
 _DIGITS = re.compile(r"[0-9]+")
 
 
-class EmbeddingFileError(ValueError):
+class EmbeddingFileError(ToolError):
     pass
 
 

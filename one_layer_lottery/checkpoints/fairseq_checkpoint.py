@@ -1,28 +1,11 @@
-"""What a fairseq checkpoint file holds: reading one safely, its config and progress, and making
-one for decoding; configs as plain values."""
+"""What a fairseq checkpoint holds: its config and progress, and making one for decoding; configs as
+plain values. Reading one: one_layer_lottery/model_files.py."""
 import argparse
 from enum import Enum
 from typing import Any, Optional
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-
-from . import safe_load  # noqa: F401  (fairseq checkpoints under weights_only=True)
-
-
-def load_state(path: str, error=ValueError) -> dict:
-    """A fairseq checkpoint's saved dict, on CPU with ``weights_only=True``; every problem is raised
-    as ``error`` naming the file."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise error(f"{path}: no such checkpoint") from None
-    except Exception as e:
-        raise error(f"{path}: cannot be loaded as a fairseq checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise error(f"{path}: not a fairseq checkpoint (no 'model' state)")
-    return state
 
 
 def config_section(state: dict, section: str) -> dict:

@@ -2,10 +2,9 @@
 import argparse
 import sys
 
-from ..console import quiet_logging
+from ..console import quiet_logging, tool_errors
 from . import __doc__ as USAGE
-from .results import ResultError
-from .spec import StudyError, load
+from .spec import load
 
 
 def main(argv=None) -> int:
@@ -27,7 +26,7 @@ def main(argv=None) -> int:
     plot.add_argument("out_png")
     args = parser.parse_args(argv)
     quiet_logging()
-    try:
+    with tool_errors("study"):
         study = load(args.study)
         if args.command == "run":
             from .runner import run_study
@@ -46,9 +45,6 @@ def main(argv=None) -> int:
         else:
             report.plot(study, rows, args.out_png)
             print(f"study: figure written to {args.out_png}")
-    except (StudyError, ResultError) as e:
-        print(f"study: error: {e}", file=sys.stderr)
-        return 2
     return 0
 
 

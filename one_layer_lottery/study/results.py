@@ -3,6 +3,7 @@ import json
 import os
 
 from ..checkpoints.atomic import atomic_output
+from ..console import ToolError
 from .spec import read_parsed
 
 # Every field a finished run records; a file missing one is reported as partial.
@@ -12,7 +13,7 @@ TEST_FIELDS = ("bleu_tokenised", "sacrebleu", "sacrebleu_signature", "length_rat
                "sentences", "checkpoint_update")
 
 
-class ResultError(ValueError):
+class ResultError(ToolError):
     """A result file that cannot be read; the message names the file."""
 
 

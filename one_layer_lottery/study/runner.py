@@ -11,8 +11,9 @@ from fairseq.data import data_utils
 from sacremoses import MosesDetokenizer
 
 from .. import fairseq_logs
-from ..checkpoints.dump_embeddings import DumpError, dump_embeddings
+from ..checkpoints.dump_embeddings import dump_embeddings
 from ..checkpoints.atomic import atomic_output
+from ..console import ToolError
 from . import results
 from .spec import Run, Study, cli_flags
 
@@ -68,7 +69,7 @@ def _embedding_flags(study: Study, run: Run, run_dir: str, ensure: Callable[[Run
             ensure(source)
         try:
             dump_embeddings(checkpoint, prefix, study.data)
-        except DumpError as e:
+        except ToolError as e:  # a bad checkpoint file, or one that is not a dense Transformer
             raise RunError(f"{run.id}: cannot dump the embeddings of {checkpoint}: {e}") from e
     if run.flags.get("share-all-embeddings"):
         return ["--encoder-embed-path", encoder]

@@ -13,13 +13,15 @@ from typing import Callable, Dict, List, Optional
 
 import yaml
 
+from ..console import ToolError, read_text
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _TOP_KEYS = {"title", "root", "data", "references", "lowercase", "results", "work", "reference_experiment",
              "train", "generate", "models", "experiments"}
 _EXPERIMENT_KEYS = {"name", "model", "seeds", "flags", "embeddings_from", "about"}
 
 
-class StudyError(ValueError):
+class StudyError(ToolError):
     """A study file that cannot be used; the message names the file and the entry."""
 
 
@@ -73,11 +75,7 @@ class Study:
 
 def read_parsed(path: str, parse: Callable, parse_errors: tuple, error: type, invalid: str):
     """``parse`` of the file's text; a missing file or a parse error becomes ``error`` naming the file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise error(f"{path}: cannot read ({e.strerror})") from e
+    text = read_text(path, "the file", error)
     try:
         return parse(text)
     except parse_errors as e:

@@ -10,15 +10,15 @@ directly: no dictionary and no model are needed.
 import argparse
 import json
 import os
-import sys
 from typing import Any, Dict, Optional
 
 import torch
 
 from ..checkpoints.atomic import atomic_output
-from ..checkpoints.fairseq_checkpoint import config_section, load_state
-from ..console import quiet_logging
+from ..checkpoints.fairseq_checkpoint import config_section
+from ..console import quiet_logging, tool_errors
 from ..masking import select_mask
+from ..model_files import COMPACT, InputFileError, open_model_file, require_one_layer
 from ..models.one_layer_transformer.options import resolve_options, validated_mask_options
 from ..models.one_layer_transformer.state_keys import (
     STACKS,
@@ -28,7 +28,6 @@ from ..models.one_layer_transformer.state_keys import (
     parse_module_path,
     parse_shared_scores,
 )
-from .file_reader import is_compact_file, read
 from .mask_figures import write_figures
 from .mask_stats import intersections, jaccard
 
@@ -40,18 +39,18 @@ def _model_options(model_cfg):
 
 def read_masks(path: str):
     """(model options, mask options, {score key: boolean mask}) of a checkpoint or compact file."""
-    if is_compact_file(path):
-        cf = read(path)
+    kind, content = open_model_file(path)
+    if kind == COMPACT:
+        cf = content
         args, opts = _model_options(cf.header["cfg"]["model"])
         masks = {}
         for entry in cf.header["masks"]:
             mask = cf.mask(entry)
             masks.update({name: mask for name in entry["names"]})
         return args, opts, masks
-    state = _load_model_state(path)
+    state = content
+    require_one_layer(state, path)
     model_cfg = config_section(state, "model")
-    if not model_cfg:
-        raise ValueError(f"{path}: the checkpoint has no model configuration")
     args, opts = _model_options(model_cfg)
     m = opts.mask
     masks = {}
@@ -59,15 +58,8 @@ def read_masks(path: str):
         if is_scores(key):
             masks[key] = select_mask(value.float(), m.method, m.prune_ratio, m.threshold)
     if not masks:
-        raise ValueError(f"{path}: the checkpoint holds no mask scores (is it a one_layer_transformer?)")
+        raise InputFileError(f"{path}: the checkpoint holds no mask scores")
     return args, opts, masks
-
-
-def _load_model_state(path):
-    try:  # memory-mapped: only the scores are read
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # not a zip-format file: mmap is not possible
-        return load_state(path)
 
 
 def mask_report(args, opts, masks: Dict[str, torch.Tensor], source: Optional[str] = None) -> Dict[str, Any]:
@@ -150,14 +142,8 @@ def main(argv=None):
     parser.add_argument("out_dir", help="directory for mask_stats.json, overlap.png, kept.png (created)")
     args = parser.parse_args(argv)
     quiet_logging()
-    if not os.path.isfile(args.source):
-        print(f"error: {args.source} does not exist", file=sys.stderr)
-        return 1
-    try:
+    with tool_errors("analyze"):
         paths = analyze(args.source, args.out_dir)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     for name in ("json", "overlap", "kept"):
         print(paths[name])
     return 0

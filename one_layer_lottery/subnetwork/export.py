@@ -14,7 +14,6 @@ checkpoint's own ``task.data``. Every output is written atomically.
 import argparse
 import io
 import os
-import sys
 from typing import Any, Dict
 
 import torch
@@ -22,26 +21,26 @@ from fairseq import checkpoint_utils
 
 from ..checkpoints.atomic import atomic_output
 from ..checkpoints.fairseq_checkpoint import decoding_checkpoint, updates_done
-from ..console import quiet_logging
+from ..console import quiet_logging, tool_errors
+from ..model_files import COMPACT, InputFileError, file_kind, load_checkpoint_state, require_one_layer
 from . import compact
 from .dense import dense_checkpoint
-from .file_reader import is_compact_file, read
+from .file_reader import read
 
 
 def load_checkpoint(path: str, data: str = None):
     """(model in eval mode, full cfg, task, checkpoint state) of a fairseq checkpoint, on CPU."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    require_one_layer(load_checkpoint_state(path), path)  # checks the file first, tensors memory-mapped
     overrides = {"data": os.fspath(data)} if data else None
     state = checkpoint_utils.load_checkpoint_to_cpu(path, overrides)
     cfg = state["cfg"]
     first = str(cfg.task.data).split(os.pathsep)[0]
     if not os.path.isdir(first):
         if data:
-            raise FileNotFoundError(f"--data {data}: not a directory (expected the fairseq-preprocess output "
+            raise InputFileError(f"--data {data}: not a directory (expected the fairseq-preprocess output "
                                     "with the run's dictionaries)")
-        raise FileNotFoundError(
+        raise InputFileError(
             f"{path}: its dictionaries are read from task.data {first!r}, which is not a directory here; "
             "pass --data DIR (the fairseq-preprocess output the model was trained on)")
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=overrides, state=state)
@@ -50,7 +49,7 @@ def load_checkpoint(path: str, data: str = None):
 
 def load_any(path: str, data: str = None):
     """(model, cfg, task, num_updates) of a checkpoint or of a compact file."""
-    if is_compact_file(path):
+    if file_kind(path) == COMPACT:
         cf = read(path)
         model, cfg, task = compact.load_parsed(cf, data)
         return model, cfg, task, (cf.header.get("source") or {}).get("num_updates")
@@ -80,6 +79,7 @@ def expand(path: str, out: str, data: str = None) -> None:
     The checkpoint's scores are 1/0 (or values either side of the threshold): they select the
     stored masks, but they are not the trained scores, so it is for decoding, not for resuming.
     """
+    file_kind(path, (COMPACT,))
     cf = read(path)
     model, cfg, task = compact.load_parsed(cf, data)
     updates = (cf.header.get("source") or {}).get("num_updates")
@@ -115,7 +115,7 @@ def main(argv=None):
                             "file's; default: the checkpoint's task.data, or the compact file's own)")
     args = parser.parse_args(argv)
     quiet_logging()
-    try:
+    with tool_errors("export"):
         if args.command == "compact":
             sizes = export_compact(args.source, args.out, args.data)
             ratio = sizes["model_state_bytes"] / sizes["compact_bytes"]
@@ -130,7 +130,4 @@ def main(argv=None):
             print(f"wrote {args.out}: plain fairseq transformer, {info['layer_weight_zero_fraction']:.4f} of the "
                   f"layer weights are zero; largest logit difference on a probe batch "
                   f"{info['max_logit_difference']:.3g}")
-    except (ValueError, FileNotFoundError) as e:  # CompactFileError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     return 0

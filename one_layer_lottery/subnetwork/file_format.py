@@ -27,6 +27,8 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
+from ..console import ToolError
+
 MAGIC = b"\x89OLLSUB\n"
 VERSION = 1
 FORMAT_NAME = "one_layer_lottery.subnetwork"
@@ -42,7 +44,7 @@ DTYPES = {
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
-class CompactFileError(ValueError):
+class CompactFileError(ToolError):
     """A compact subnetwork file is malformed, corrupt, or does not match what loads it."""
 
 

@@ -127,10 +127,5 @@ def read(path: str) -> CompactFile:
     return parse(data, path)
 
 
-def is_compact_file(path: str) -> bool:
-    with open(path, "rb") as f:
-        return f.read(len(MAGIC)) == MAGIC
-
-
 def _refuse_constant(name):
     raise ValueError(f"{name} is not allowed")

@@ -13,7 +13,7 @@ from .checkpoint_options import checked_state_dict, record_tensor, recorded_opti
 from .config import ARCHITECTURES, OneLayerTransformerConfig
 from .layers import OneLayerTransformerDecoder, OneLayerTransformerEncoder, build_masked_embedding
 from .mask_logging import MaskMonitor
-from .options import resolve_options, validated_log_interval, validated_mask_options
+from .options import OptionError, resolve_options, validated_log_interval, validated_mask_options
 
 logger = logging.getLogger(__name__)
 MODEL_NAME = "one_layer_transformer"
@@ -40,12 +40,12 @@ class OneLayerTransformerModel(TransformerModelBase):
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         if args.share_all_embeddings:
             if src_dict != tgt_dict:
-                raise ValueError("--share-all-embeddings requires a joined dictionary "
+                raise OptionError("--share-all-embeddings requires a joined dictionary "
                                  "(fairseq-preprocess --joined-dictionary): source and target dictionaries differ")
             if args.encoder_embed_dim != args.decoder_embed_dim:
-                raise ValueError("--share-all-embeddings requires --encoder-embed-dim == --decoder-embed-dim")
+                raise OptionError("--share-all-embeddings requires --encoder-embed-dim == --decoder-embed-dim")
             if args.decoder_embed_path and args.decoder_embed_path != args.encoder_embed_path:
-                raise ValueError("--share-all-embeddings is not compatible with a different --decoder-embed-path")
+                raise OptionError("--share-all-embeddings is not compatible with a different --decoder-embed-path")
             tcfg.share_decoder_input_output_embed = True
         enc_emb = cls.build_dictionary_embedding(opts, src_dict, args.encoder_embed_dim, args.encoder_embed_path,
                                                  "encoder")

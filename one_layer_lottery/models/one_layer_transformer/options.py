@@ -2,17 +2,23 @@
 
 Options enter from fairseq's command line, Hydra YAML, a checkpoint's stored config or a compact
 file's header; each of those passes through ``resolve_options`` and ``validated_mask_options``,
-so every error names the flag, whatever the source.
+so every error names the flag, whatever the source. Errors are ``OptionError``: the fairseq command
+lines and the tools print them as one usage-error line (console.py).
 """
 import argparse
 
 from fairseq.utils import safe_getattr
 
+from ...console import ToolError
 from ...masking import ATTENTION_INITS, MaskConfig, ScoreInit, masked_weight_init
 from .config import CONFIG_FIELDS, LAYERNORM_TYPES, SHARE_MODES, OneLayerTransformerConfig
 from .layers import MaskOptions
 
 # Values of the fields whose defaults interpolate other config groups, for a bare config.
+class OptionError(ToolError):
+    """An option value the model cannot use; the message names the flag."""
+
+
 _FALLBACKS = {"seed": 1, "max_source_positions": 1024, "max_target_positions": 1024}
 
 
@@ -34,7 +40,16 @@ def resolve_options(cfg) -> argparse.Namespace:
 
 
 def validated_mask_options(args: argparse.Namespace) -> MaskOptions:
-    """The masking options of resolved ``args``; raises ValueError naming the flag of a bad one."""
+    """The masking options of resolved ``args``; raises OptionError naming the flag of a bad one."""
+    try:
+        return _mask_options(args)
+    except OptionError:
+        raise
+    except (ValueError, TypeError) as e:  # the masking primitives name the flag in their message
+        raise OptionError(str(e)) from None
+
+
+def _mask_options(args: argparse.Namespace) -> MaskOptions:
     mask = MaskConfig(str(args.prune_method), args.prune_ratio, float(args.mask_threshold))
     authors_init = bool(args.authors_init)
     return MaskOptions(
@@ -56,12 +71,12 @@ def validated_log_interval(args: argparse.Namespace) -> int:
     """``--mask-log-interval``: updates between two computations of the mask statistics (0: never)."""
     interval = args.mask_log_interval
     if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
-        raise ValueError(f"--mask-log-interval must be a non-negative integer, got {interval!r}")
+        raise OptionError(f"--mask-log-interval must be a non-negative integer, got {interval!r}")
     return interval
 
 
 def _choice(flag, value, choices):
     value = str(value)
     if value not in choices:
-        raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+        raise OptionError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
     return value
