@@ -180,3 +180,12 @@ def test_a_library_caller_still_gets_the_exception(sample_bin):
 
     with pytest.raises(OptionError, match="--prune-ratio"):
         build(sample_bin, "--prune-ratio", 1.5)
+
+
+def test_fairseq_generate_names_a_checkpoint_of_other_options(trained_sample):
+    proc = run_cli("fairseq-generate", trained_sample.data, "--user-dir", USER_DIR, "--path", trained_sample.checkpoint,
+                   "--model-overrides", "{'prune_ratio': 0.3}", "--beam", 2, "--batch-size", 50, check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert last.startswith("fairseq-generate: error: the checkpoint does not match this one_layer_transformer")
+    assert "--prune-ratio: the checkpoint's is 0.5, this model's is 0.3" in last

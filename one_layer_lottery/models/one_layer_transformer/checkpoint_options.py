@@ -17,6 +17,7 @@ import torch
 
 from ...masking import RandomWeight
 from .config import RECORDED_OPTIONS, OneLayerTransformerConfig
+from .options import OptionError
 from .state_keys import EXTRA_STATE_KEY
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def read_record(saved: torch.Tensor) -> dict:
             raise ValueError("not ASCII codes")
         return json.loads(bytes(int(c) for c in rounded.tolist()).decode("ascii"))["mask_options"]
     except Exception as e:  # what the record holds is not ours to trust
-        raise ValueError(
+        raise OptionError(
             "the checkpoint's record of its masking options (_extra_state) is unreadable "
             f"({type(e).__name__}: {e}); was it averaged across runs with different options?") from None
 
@@ -69,7 +70,7 @@ def mismatches(saved: dict, current: dict) -> list:
 
 def checked_state_dict(model, state_dict, strict: bool = True):
     """``state_dict`` ready for ``nn.Module.load_state_dict`` on ``model``, after checking that it
-    was trained under the model's recorded options and has its keys and shapes; raises ValueError.
+    was trained under the model's recorded options and has its keys and shapes; raises OptionError.
 
     The record is checked; what gets loaded is the model's own (its length may differ).
     """
@@ -89,13 +90,13 @@ def checked_state_dict(model, state_dict, strict: bool = True):
         hint = ""
         if any(k.endswith(".fc1.weight") for k in unexpected):
             hint = " It looks like a dense fairseq model, not a one_layer_transformer."
-        raise ValueError(
+        raise OptionError(
             "the checkpoint does not match this one_layer_transformer architecture."
             f"{hint} Missing keys: {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
             f"unexpected keys: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
     for key, tensor in state_dict.items():
         if key in expected and tuple(tensor.shape) != tuple(expected[key].shape):
-            raise ValueError(
+            raise OptionError(
                 f"the checkpoint's {key} has shape {tuple(tensor.shape)}, this model's has "
                 f"{tuple(expected[key].shape)}: the checkpoint was trained with another architecture "
                 "or dictionary")
@@ -109,7 +110,7 @@ def _check_options(model, saved):
         return
     wrong = mismatches(read_record(saved), current)
     if wrong:
-        raise ValueError(
+        raise OptionError(
             "the checkpoint does not match this one_layer_transformer: it was trained under other masking "
             f"options ({'; '.join(wrong)}). Its scores select weights under its own options and cannot be "
             "resumed or decoded under these: use the checkpoint's options, or train from scratch elsewhere.")
