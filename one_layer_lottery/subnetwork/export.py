@@ -22,7 +22,8 @@ from fairseq import checkpoint_utils
 from ..checkpoints.atomic import atomic_output
 from ..checkpoints.fairseq_checkpoint import decoding_checkpoint, updates_done
 from ..console import quiet_logging, tool_errors
-from ..model_files import COMPACT, InputFileError, file_kind, load_checkpoint_state, require_one_layer
+from ..model_files import (COMPACT, InputFileError, file_kind, load_checkpoint_state, open_model_file,
+                           require_one_layer)
 from . import compact
 from .dense import dense_checkpoint
 from .file_reader import read
@@ -79,8 +80,7 @@ def expand(path: str, out: str, data: str = None) -> None:
     The checkpoint's scores are 1/0 (or values either side of the threshold): they select the
     stored masks, but they are not the trained scores, so it is for decoding, not for resuming.
     """
-    file_kind(path, (COMPACT,))
-    cf = read(path)
+    _, cf = open_model_file(path, (COMPACT,))
     model, cfg, task = compact.load_parsed(cf, data)
     updates = (cf.header.get("source") or {}).get("num_updates")
     _save(decoding_checkpoint(cfg, model.state_dict(), updates, compact_source=os.fspath(path)), out)
