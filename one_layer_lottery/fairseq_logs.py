@@ -1,12 +1,15 @@
 """What a study needs from fairseq's output: validations, parameter counts and speed from a
 ``fairseq-train --log-format simple`` log, hypotheses and BLEU from ``fairseq-generate``."""
 import re
+from datetime import datetime
 from typing import Dict, Iterator, List, Tuple
 
 from .console import ToolError
 
 _VALID = re.compile(r"valid on 'valid' subset \| (.*)$")
 _TRAIN_EPOCH = re.compile(r"\| train \| epoch \d+ \| (.*)$")
+_TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| ")
+_TRAIN_START = re.compile(r"\| fairseq_cli\.train \| \{'_name'")  # the config dump each fairseq-train starts with
 _PARAMS = re.compile(r"num\. shared model params: ([\d,]+) \(num\. trained: ([\d,]+)\)")
 _GENERATE = re.compile(r"^Generate (\S+) with beam=(\d+): BLEU4 = ([\d.]+), .*?\(BP=([\d.]+), ratio=([\d.]+), "
                        r"syslen=(\d+), reflen=(\d+)\)")
@@ -45,8 +48,29 @@ def validations(log_text: str) -> List[dict]:
     return [by_update[u] for u in sorted(by_update)]
 
 
+def process_seconds(log_text: str) -> float:
+    """Wall time of the fairseq-train processes of a log: first to last timestamp of each, summed.
+
+    fairseq's own `wall` reads 0 after a resume, so it cannot be summed across one.
+    """
+    spans, start, last = [], None, None
+    for line in log_text.splitlines():
+        stamp = _TIMESTAMP.match(line)
+        if not stamp:
+            continue
+        when = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S")
+        if _TRAIN_START.search(line) or start is None:
+            if start is not None:
+                spans.append((last - start).total_seconds())
+            start = when
+        last = when
+    if start is not None:
+        spans.append((last - start).total_seconds())
+    return float(sum(spans))
+
+
 def training_summary(log_text: str) -> dict:
-    """Parameter counts, the last update, train wall time (fairseq's, carried across resumes) and words/s."""
+    """Parameter counts, the last update, train wall time (summed over resumes) and words/s."""
     params = _PARAMS.findall(log_text)
     if not params:
         raise LogError("no 'num. shared model params' line: fairseq-train did not build the model")
@@ -57,7 +81,7 @@ def training_summary(log_text: str) -> dict:
     words = sum(float(e["wps"]) * float(e["train_wall"]) for e in epochs if "wps" in e and "train_wall" in e)
     seconds = sum(float(e["train_wall"]) for e in epochs if "train_wall" in e)
     return {"params_total": total, "params_trained": trained, "params_frozen": total - trained,
-            "updates": int(epochs[-1]["num_updates"]), "train_wall_s": float(epochs[-1].get("wall", "nan")),
+            "updates": int(epochs[-1]["num_updates"]), "train_wall_s": process_seconds(log_text),
             "train_words_per_s": round(words / seconds, 1) if seconds else None}
 
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_cli
+from one_layer_lottery import fairseq_logs
 from one_layer_lottery.study import report, results
 from one_layer_lottery.study.spec import StudyError, cli_flags, load
 
@@ -118,6 +119,18 @@ def test_killed_run_resumes_from_checkpoint_last(finished):
     assert "Loaded checkpoint" in log and "num_updates 10" in log
     result = results.read(str(folder / "results" / "small-s2.json"))
     assert [v["update"] for v in result["valid"]] == [10, 20] and result["train"]["updates"] == 20
+    assert result["train"]["train_wall_s"] >= 1  # fairseq's own wall reads 0 after a resume
+
+
+def test_train_wall_time_sums_the_processes_of_a_resumed_log():
+    config = "| INFO | fairseq_cli.train | {'_name': None}"
+    log = "\n".join([
+        "# fairseq-train ...", f"2026-01-01 10:00:00 {config}", "2026-01-01 10:00:05 | INFO | other",
+        "2026-01-01 10:02:00 | INFO | train_inner | wall=120",
+        "# fairseq-train ... (resumed)", f"2026-01-01 11:00:00 {config}",
+        "2026-01-01 11:30:00 | INFO | train | epoch 001 | wall 0", "not a log line"])
+    assert fairseq_logs.process_seconds(log) == 120 + 1800
+    assert fairseq_logs.process_seconds("no timestamps") == 0
 
 
 def test_table_and_figure_from_result_files_alone(finished, tmp_path):
