@@ -176,6 +176,14 @@ def test_table_numbers(tmp_path):
     assert "| **24.80** | 24.80 | 80% |" in table[3]
 
 
+def test_reproduction_page_holds_the_table_of_the_committed_results():
+    study = load(str(ROOT / "configs" / "study" / "multi30k.yaml"))
+    page = (ROOT / "docs" / "reproduction.md").read_text()
+    table = page.split("<!-- study table -->\n", 1)[1].split("<!-- /study table -->", 1)[0]
+    assert table == report.markdown(study, report.collect(study)), \
+        "docs/reproduction.md is stale: run `python -m one_layer_lottery.study table configs/study/multi30k.yaml --into docs/reproduction.md`"
+
+
 @pytest.mark.parametrize("content, problem", [("{\"id\": ", "not valid JSON"), ("{\"id\": \"dense-s1\"}", "partial")])
 def test_broken_result_reported_by_name(finished, tmp_path, content, problem):
     folder, path, _ = finished
