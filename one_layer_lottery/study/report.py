@@ -103,14 +103,15 @@ def plot(study: Study, rows: Dict[str, List[dict]], out_png: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (curves, bars) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100, gridspec_kw={"width_ratios": [1.1, 1]})
-    for name, runs in rows.items():
+    for i, (name, runs) in enumerate(rows.items()):
         by_update: Dict[int, List[float]] = {}
         for r in runs:
             for v in r["valid"]:
                 if v["bleu"] is not None:
                     by_update.setdefault(v["update"], []).append(v["bleu"])
         xs = sorted(by_update)
-        line, = curves.plot(xs, [statistics.mean(by_update[x]) for x in xs], marker="o", ms=3, label=name)
+        line, = curves.plot(xs, [statistics.mean(by_update[x]) for x in xs], marker="o", ms=3, label=name,
+                              linestyle=("-", "--", ":")[i // 10 % 3])  # the colour cycle repeats after 10
         if len(runs) > 1:
             curves.fill_between(xs, [min(by_update[x]) for x in xs], [max(by_update[x]) for x in xs],
                                 color=line.get_color(), alpha=0.15)
