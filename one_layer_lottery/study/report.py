@@ -103,6 +103,7 @@ def plot(study: Study, rows: Dict[str, List[dict]], out_png: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (curves, bars) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100, gridspec_kw={"width_ratios": [1.1, 1]})
+    colours = len(plt.rcParams["axes.prop_cycle"])  # past that many lines the colours repeat
     for i, (name, runs) in enumerate(rows.items()):
         by_update: Dict[int, List[float]] = {}
         for r in runs:
@@ -111,7 +112,7 @@ def plot(study: Study, rows: Dict[str, List[dict]], out_png: str) -> None:
                     by_update.setdefault(v["update"], []).append(v["bleu"])
         xs = sorted(by_update)
         line, = curves.plot(xs, [statistics.mean(by_update[x]) for x in xs], marker="o", ms=3, label=name,
-                              linestyle=("-", "--", ":")[i // 10 % 3])  # the colour cycle repeats after 10
+                              linestyle=("-", "--", ":")[i // colours % 3])
         if len(runs) > 1:
             curves.fill_between(xs, [min(by_update[x]) for x in xs], [max(by_update[x]) for x in xs],
                                 color=line.get_color(), alpha=0.15)
