@@ -6,7 +6,7 @@ import torch
 import one_layer_lottery  # noqa: F401  (registers the model, as common.user_dir does)
 import one_layer_lottery.paper_batch  # noqa: F401  (registers the WMT configs' resolvers, as their Hydra callback does)
 from conftest import ROOT, USER_DIR, run_cli
-from one_layer_lottery.checkpoints.embedding_file import write_embeddings
+from one_layer_lottery.models.one_layer_transformer.embedding_file import write_embeddings
 
 CONFIGS = ROOT / "configs"
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import USER_DIR, run_cli
-from one_layer_lottery.checkpoints.embedding_file import EmbeddingFileError, read_embeddings
+from one_layer_lottery.models.one_layer_transformer.embedding_file import EmbeddingFileError, read_embeddings
 
 DIM = 4
 VOCAB = {"der": 4, "die": 5, "das": 6, "<unk>": 3}

@@ -193,7 +193,7 @@ def test_need_bias_adds_trained_biases(sample_bin):
 
 
 def test_embed_no_mask_and_pretrained_embeddings(sample_bin, tmp_path):
-    from one_layer_lottery.checkpoints.embedding_file import write_embeddings
+    from one_layer_lottery.models.one_layer_transformer.embedding_file import write_embeddings
 
     model, task, _ = build(sample_bin, *SMALL)
     d = task.source_dictionary

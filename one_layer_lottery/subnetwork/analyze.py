@@ -29,7 +29,7 @@ from ..models.one_layer_transformer.state_keys import (
     parse_shared_scores,
 )
 from .mask_figures import write_figures
-from .mask_stats import intersections, jaccard
+from ..models.one_layer_transformer.mask_stats import intersections, jaccard
 
 
 def _model_options(model_cfg):

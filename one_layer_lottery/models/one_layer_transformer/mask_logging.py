@@ -11,7 +11,7 @@ from typing import Dict, Optional
 import torch
 from fairseq.logging import metrics, progress_bar
 
-from ...subnetwork.mask_stats import is_detail, model_mask_stats
+from .mask_stats import is_detail, model_mask_stats
 
 
 class MaskMonitor:

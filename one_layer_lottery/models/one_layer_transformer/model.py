@@ -8,7 +8,7 @@ from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerConfig, TransformerModelBase
 from fairseq.utils import safe_getattr
 
-from ...checkpoints.embedding_file import read_embeddings
+from .embedding_file import read_embeddings
 from .checkpoint_options import checked_state_dict, record_tensor, recorded_options
 from .config import ARCHITECTURES, OneLayerTransformerConfig
 from .layers import OneLayerTransformerDecoder, OneLayerTransformerEncoder, build_masked_embedding

@@ -11,8 +11,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ..masking import MaskedWeight
-from ..models.one_layer_transformer.state_keys import STACKS, matrix_sort_key, parse_module_path
+from ...masking import MaskedWeight
+from .state_keys import STACKS, matrix_sort_key, parse_module_path
 
 # Per-layer and per-matrix keys, also as fairseq prefixes them ("train_mask_kept/encoder.0").
 _DETAIL = re.compile(r"(^|_)mask_(kept|flipped|jaccard)/")
