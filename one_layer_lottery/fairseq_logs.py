@@ -7,6 +7,7 @@ from typing import Dict, Iterator, List, Tuple
 from .console import ToolError
 
 _VALID = re.compile(r"valid on 'valid' subset \| (.*)$")
+_TRAIN_INNER = re.compile(r"\| train_inner \| epoch \d+: +\d+ / \d+ (.*)$")
 _TRAIN_EPOCH = re.compile(r"\| train \| epoch \d+ \| (.*)$")
 _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| ")
 _TRAIN_START = re.compile(r"\| fairseq_cli\.train \| \{'_name'")  # the config dump each fairseq-train starts with
@@ -45,6 +46,22 @@ def validations(log_text: str) -> List[dict]:
                 "update": int(f["num_updates"]), "loss": float(f["loss"]),
                 "nll_loss": float(f["nll_loss"]) if "nll_loss" in f else None,
                 "bleu": float(f["bleu"]) if "bleu" in f else None}
+    return [by_update[u] for u in sorted(by_update)]
+
+
+def training_curve(log_text: str) -> List[dict]:
+    """Training loss at every logged update (``--log-interval``), in update order; an update logged
+    again after a resume keeps the last value."""
+    by_update = {}
+    for line in log_text.splitlines():
+        m = _TRAIN_INNER.search(line)
+        if not m:
+            continue
+        f = dict(item.split("=", 1) for item in m.group(1).split(", ") if "=" in item)
+        if "num_updates" in f and "loss" in f:
+            update = int(f["num_updates"])
+            by_update[update] = {"update": update, "loss": float(f["loss"]),
+                                 "nll_loss": float(f["nll_loss"]) if "nll_loss" in f else None}
     return [by_update[u] for u in sorted(by_update)]
 
 

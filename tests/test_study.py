@@ -8,12 +8,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import yaml
 
 from conftest import ROOT, run_cli
 from one_layer_lottery import fairseq_logs
-from one_layer_lottery.study import report, results
+from one_layer_lottery.checkpoints.dump_embeddings import embedding_tables
+from one_layer_lottery.study import embeddings, report, results
 from one_layer_lottery.study.spec import StudyError, cli_flags, load
 
 TINY_SHAPE = {"encoder-embed-dim": 64, "encoder-ffn-embed-dim": 128, "encoder-layers": 2, "decoder-layers": 2,
@@ -62,8 +64,10 @@ def finished(joined_bin, tmp_path_factory):
     path = write_study(folder, joined_bin, [
         {"name": "dense", "about": "trained", "model": "dense"},
         {"name": "small", "about": "one layer", "model": "one-layer", "seeds": [1, 2],
-         "flags": {"prune-ratio": 0.5}}])
-    proc = study_cli("run", path, "dense", "small-s1")
+         "flags": {"prune-ratio": 0.5}},
+        {"name": "small+emb", "about": "dense-s1's embeddings", "model": "one-layer", "seeds": [1, 2],
+         "embeddings_from": "dense-s1", "flags": {"embed-no-mask": True}}])
+    proc = study_cli("run", path, "dense", "small-s1", "small+emb-s1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return folder, path, proc
 
@@ -81,12 +85,41 @@ def test_run_writes_every_field(finished):
         assert test["checkpoint_update"] in (10, 20) and test["length_ratio"] > 0
         assert result["train"]["updates"] == 20 and result["train"]["train_words_per_s"] > 0
         assert result["commit"]["commit"] and "--seed" in result["command"]
+        # paths from the study's root: nothing about the machine it ran on
+        assert not [a for a in result["command"] if os.path.isabs(a)], result["command"]
+        assert result["command"][0] == os.path.relpath(result["command"][0], ".")
+        curve = result["train_curve"]
+        assert [c["update"] for c in curve] == [5, 10, 15, 20] and all(c["loss"] > 0 for c in curve)
+        assert result["embeddings"] is None
     dense = results.read(str(folder / "results" / "dense-s1.json"))
     small = results.read(str(folder / "results" / "small-s1.json"))
     assert dense["train"]["params_frozen"] == 0 and dense["train"]["params_trained"] > 0
     # the one-layer model trains only scores: as many as there are frozen weights it masks, at most
     assert small["train"]["params_frozen"] > 0 and small["flags"]["prune-ratio"] == 0.5
     assert "small-s2" not in proc.stdout  # only the runs asked for
+
+
+def test_a_run_records_and_keeps_the_embeddings_it_takes(finished):
+    folder, path, _ = finished
+    table = folder / "results" / "dense-s1.embeddings.npz"
+    first = results.read(str(folder / "results" / "small+emb-s1.json"))
+    dense = results.read(str(folder / "results" / "dense-s1.json"))
+    origin = first["embeddings"]
+    assert origin["run"] == "dense-s1" and origin["table"] == "results/dense-s1.embeddings.npz"
+    assert origin["checkpoint_update"] == dense["test"]["checkpoint_update"]
+    assert origin["sha256"] == embeddings.digest(str(table))
+    assert "work/small+emb-s1/embeddings.encoder.txt" in first["command"]
+    # the same rows as the checkpoint's, and the table alone is enough once the checkpoint is gone
+    tables = embedding_tables(str(folder / "work" / "dense-s1" / "checkpoints" / "checkpoint_best.pt"))
+    with np.load(table, allow_pickle=False) as kept:
+        assert np.array_equal(kept["encoder"], tables["encoder"][1].numpy())
+        assert list(kept["encoder_tokens"]) == tables["encoder"][0] and "decoder" not in kept.files
+    shutil.rmtree(folder / "work" / "dense-s1")
+    proc = study_cli("run", path, "small+emb-s2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "dense-s1: training" not in proc.stdout
+    second = results.read(str(folder / "results" / "small+emb-s2.json"))
+    assert second["embeddings"] == origin
 
 
 def test_second_run_skips_finished(finished):
@@ -144,13 +177,14 @@ def test_table_and_figure_from_result_files_alone(finished, tmp_path):
     assert f"**{dense:.2f}**" in table.stdout and "% of dense" in table.stdout
     assert (copy / "table.md").read_text() == table.stdout
     doc = copy / "doc.md"
-    doc.write_text("# Results\n<!-- study table -->\nold table\n<!-- /study table -->\nafter\n")
+    other = "<!-- study table: other -->\nkept\n<!-- /study table: other -->\n"
+    doc.write_text("# Results\n<!-- study table: study -->\nold table\n<!-- /study table: study -->\n" + other)
     assert study_cli("table", copy / "study.yaml", "--into", doc).returncode == 0
-    assert doc.read_text() == ("# Results\n<!-- study table -->\n" + table.stdout + "<!-- /study table -->\n"
-                               "after\n")
+    assert doc.read_text() == ("# Results\n<!-- study table: study -->\n" + table.stdout +
+                               "<!-- /study table: study -->\n" + other)  # another study's table is left alone
     doc.write_text("no markers\n")
     unmarked = study_cli("table", copy / "study.yaml", "--into", doc)
-    assert unmarked.returncode == 2 and "no '<!-- study table -->'" in unmarked.stderr
+    assert unmarked.returncode == 2 and "no '<!-- study table: study -->'" in unmarked.stderr
     assert doc.read_text() == "no markers\n"
     figure = study_cli("plot", copy / "study.yaml", copy / "fig.png")
     assert figure.returncode == 0, figure.stderr
@@ -166,7 +200,8 @@ def test_table_numbers(tmp_path):
                 "test": {"bleu_tokenised": bleu, "sacrebleu": bleu, "sacrebleu_signature": "sig",
                          "length_ratio": 1.0, "brevity_penalty": 1.0, "sentences": 3, "checkpoint_update": 100},
                 "train": {"params_trained": 2e6, "params_frozen": 1e6, "train_wall_s": 600,
-                          "train_words_per_s": 2000.0}, "wall_s": 700, "finished": "now"}
+                          "train_words_per_s": 2000.0}, "train_curve": None, "embeddings": None,
+                "wall_s": 700, "finished": "now"}
 
     rows = {"dense": [fake("dense-s1", "dense", 1, 30.0), fake("dense-s2", "dense", 2, 32.0)],
             "small": [fake("small-s1", "small", 1, 24.8)]}
@@ -176,12 +211,26 @@ def test_table_numbers(tmp_path):
     assert "| **24.80** | 24.80 | 80% |" in table[3]
 
 
-def test_reproduction_page_holds_the_table_of_the_committed_results():
-    study = load(str(ROOT / "configs" / "study" / "multi30k.yaml"))
+@pytest.mark.parametrize("name", ["multi30k", "multi30k-long"])
+def test_reproduction_page_holds_the_table_of_the_committed_results(name):
+    study = load(str(ROOT / "configs" / "study" / f"{name}.yaml"))
     page = (ROOT / "docs" / "reproduction.md").read_text()
-    table = page.split("<!-- study table -->\n", 1)[1].split("<!-- /study table -->", 1)[0]
+    begin, end = report.markers(study)
+    table = page.split(begin + "\n", 1)[1].split(end, 1)[0]
     assert table == report.markdown(study, report.collect(study)), \
-        "docs/reproduction.md is stale: run `python -m one_layer_lottery.study table configs/study/multi30k.yaml --into docs/reproduction.md`"
+        f"docs/reproduction.md is stale: run `python -m one_layer_lottery.study table configs/study/{name}.yaml --into docs/reproduction.md`"
+
+
+def test_committed_results_record_no_machine_paths():
+    files = sorted((ROOT / "results").rglob("*.json"))
+    assert len(files) >= 15
+    for path in files:
+        result = results.read(str(path))
+        strings = [a for a in result["command"]] + [str(v) for v in result["flags"].values()]
+        assert not [s for s in strings if os.path.isabs(s) or s.startswith("~")], path
+        if result["embeddings"] is not None:
+            assert result["embeddings"]["run"] in result["about"] and result["experiment"].endswith(
+                ("+emb", "+emb-nomask")), path
 
 
 @pytest.mark.parametrize("content, problem", [("{\"id\": ", "not valid JSON"), ("{\"id\": \"dense-s1\"}", "partial")])

@@ -19,8 +19,9 @@ def main(argv=None) -> int:
     table = sub.add_parser("table", help="Markdown table of the result files")
     table.add_argument("study")
     table.add_argument("--out", help="also write the table to this file")
-    table.add_argument("--into", metavar="DOC.md", help="also put the table between the study-table markers of "
-                       "this Markdown file (<!-- study table --> and <!-- /study table -->)")
+    table.add_argument("--into", metavar="DOC.md", help="also put the table between the markers of this "
+                       "Markdown file named after the study file: <!-- study table: NAME --> and "
+                       "<!-- /study table: NAME --> for NAME.yaml")
     plot = sub.add_parser("plot", help="figure of the result files")
     plot.add_argument("study")
     plot.add_argument("out_png")
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
             if args.out:
                 report.write_text(args.out, text)
             if args.into:
-                report.fill_between_markers(args.into, text)
+                report.fill_between_markers(args.into, text, study)
         else:
             report.plot(study, rows, args.out_png)
             print(f"study: figure written to {args.out_png}")

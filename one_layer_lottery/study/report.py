@@ -3,7 +3,7 @@ import os
 import statistics
 from typing import Dict, List
 
-from ..checkpoints.atomic import atomic_output
+from ..atomic import atomic_output
 from . import results
 from .spec import Study
 
@@ -73,11 +73,16 @@ def markdown(study: Study, rows: Dict[str, List[dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-BEGIN, END = "<!-- study table -->", "<!-- /study table -->"
+def markers(study: Study) -> tuple:
+    """The markers a page puts a study's table between, named after the study file, so that one page
+    can hold the tables of several studies."""
+    name = os.path.splitext(os.path.basename(study.path))[0]
+    return f"<!-- study table: {name} -->", f"<!-- /study table: {name} -->"
 
 
-def fill_between_markers(path: str, text: str) -> None:
-    """Replace what lies between the study-table markers of a Markdown file (the rest is kept)."""
+def fill_between_markers(path: str, text: str, study: Study) -> None:
+    """Replace what lies between the study's table markers of a Markdown file (the rest is kept)."""
+    BEGIN, END = markers(study)
     try:
         with open(path, encoding="utf-8") as f:
             doc = f.read()

@@ -2,13 +2,14 @@
 import json
 import os
 
-from ..checkpoints.atomic import atomic_output
+from ..atomic import atomic_output
 from ..console import ToolError
 from .spec import read_parsed
 
-# Every field a finished run records; a file missing one is reported as partial.
+# Every field a finished run records; a file missing one is reported as partial. `train_curve` is
+# null where the training log was not kept; `embeddings` is null unless the run takes another's.
 FIELDS = ("id", "experiment", "seed", "about", "flags", "command", "commit", "valid", "test", "train",
-          "wall_s", "finished")
+          "train_curve", "embeddings", "wall_s", "finished")
 TEST_FIELDS = ("bleu_tokenised", "sacrebleu", "sacrebleu_signature", "length_ratio", "brevity_penalty",
                "sentences", "checkpoint_update")
 

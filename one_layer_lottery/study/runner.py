@@ -11,10 +11,9 @@ from fairseq.data import data_utils
 from sacremoses import MosesDetokenizer
 
 from .. import fairseq_logs
-from ..checkpoints.dump_embeddings import dump_embeddings
-from ..checkpoints.atomic import atomic_output
+from ..atomic import atomic_output
 from ..console import ToolError
-from . import results
+from . import embeddings, results
 from .spec import Run, Study, cli_flags
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,25 +54,38 @@ def _call(argv: List[str], log_path: str, step: str, mode: str = "a") -> None:
         raise RunError(f"{step} failed (exit {code}); last lines of {log_path}:\n{_tail(log_path)}")
 
 
-def _embedding_flags(study: Study, run: Run, run_dir: str, ensure: Callable[[Run], None]) -> List[str]:
+def _embedding_flags(study: Study, run: Run, run_dir: str, ensure: Callable[[Run], None]):
+    """The flags that fix ``run``'s embeddings to its source run's, and where they came from."""
     source = study.run(run.embeddings_from)
-    checkpoint = os.path.join(study.run_dir(source), "checkpoints", "checkpoint_best.pt")
-    prefix = os.path.join(run_dir, "embeddings")
-    encoder, decoder = f"{prefix}.encoder.txt", f"{prefix}.decoder.txt"
-    if not (os.path.isfile(encoder) and os.path.isfile(decoder)):
+    ensure(source)
+    table = study.embeddings_path(source)
+    if not os.path.isfile(table):
+        checkpoint = _best_checkpoint(study, source)
         if not os.path.isfile(checkpoint):
-            if os.path.isfile(study.result_path(source)):
-                raise RunError(f"{run.id} takes its embeddings from {source.id}, whose result exists but whose "
-                               f"checkpoint {checkpoint} is gone: move {study.result_path(source)} aside to "
-                               "train it again")
-            ensure(source)
-        try:
-            dump_embeddings(checkpoint, prefix, study.data)
-        except ToolError as e:  # a bad checkpoint file, or one that is not a dense Transformer
-            raise RunError(f"{run.id}: cannot dump the embeddings of {checkpoint}: {e}") from e
+            raise RunError(f"{run.id} takes its embeddings from {source.id}, but neither its embedding table {table} "
+                           f"nor its checkpoint {checkpoint} is there: move {study.result_path(source)} aside to "
+                           "train it again")
+        _keep_embeddings(study, source)
+    try:
+        written = embeddings.write_text_files(table, os.path.join(run_dir, "embeddings"))
+    except ToolError as e:
+        raise RunError(f"{run.id}: {e}") from e
+    origin = {"run": source.id, "checkpoint_update": results.read(study.result_path(source))["test"]["checkpoint_update"],
+              "table": study.relative(table), "sha256": embeddings.digest(table)}
     if run.flags.get("share-all-embeddings"):
-        return ["--encoder-embed-path", encoder]
-    return ["--encoder-embed-path", encoder, "--decoder-embed-path", decoder]
+        return ["--encoder-embed-path", written["encoder"]], origin
+    return ["--encoder-embed-path", written["encoder"], "--decoder-embed-path", written["decoder"]], origin
+
+
+def _best_checkpoint(study: Study, run: Run) -> str:
+    return os.path.join(study.run_dir(run), "checkpoints", "checkpoint_best.pt")
+
+
+def _keep_embeddings(study: Study, run: Run) -> None:
+    try:
+        embeddings.save(_best_checkpoint(study, run), study.embeddings_path(run), study.data)
+    except ToolError as e:  # a bad checkpoint file, or one that is not a dense Transformer
+        raise RunError(f"{run.id}: cannot keep the embeddings of its best checkpoint: {e}") from e
 
 
 def _sacrebleu(study: Study, hypotheses: List[str]) -> dict:
@@ -106,7 +118,7 @@ def run_one(study: Study, run: Run, ensure: Callable[[Run], None], python: str =
     os.makedirs(checkpoints, exist_ok=True)
     train_log, trained = os.path.join(run_dir, "train.log"), os.path.join(run_dir, "train.done")
     started, version = time.time(), code_version()
-    extra = _embedding_flags(study, run, run_dir, ensure) if run.embeddings_from else []
+    extra, origin = _embedding_flags(study, run, run_dir, ensure) if run.embeddings_from else ([], None)
     train_argv = [python, "-m", "fairseq_cli.train", study.data, "--user-dir", PACKAGE_DIR,
                   *cli_flags(run.flags), *extra, "--seed", str(run.seed), "--save-dir", checkpoints]
     if not os.path.isfile(trained):
@@ -119,9 +131,10 @@ def run_one(study: Study, run: Run, ensure: Callable[[Run], None], python: str =
     try:
         valid = fairseq_logs.validations(log_text)
         train = fairseq_logs.training_summary(log_text)
+        train_curve = fairseq_logs.training_curve(log_text)
     except fairseq_logs.LogError as e:
         raise RunError(f"{run.id}: {train_log}: {e}") from e
-    best = os.path.join(checkpoints, "checkpoint_best.pt")
+    best = _best_checkpoint(study, run)
     if not os.path.isfile(best):
         raise RunError(f"{run.id}: training ended without {best}")
 
@@ -141,18 +154,28 @@ def run_one(study: Study, run: Run, ensure: Callable[[Run], None], python: str =
             "sentences": len(gen["hypotheses"]), "checkpoint_update": _best_update(log_text, valid),
             "generate_flags": cli_flags(study.generate)}
     result = {"id": run.id, "experiment": run.name, "seed": run.seed, "about": run.about, "flags": run.flags,
-              "command": train_argv[3:], "commit": version, "valid": valid, "test": test, "train": train,
+              "command": [_recorded(study, arg) for arg in train_argv[3:]], "commit": version, "valid": valid,
+              "test": test, "train": train, "train_curve": train_curve, "embeddings": origin,
               "wall_s": round(time.time() - started, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if study.is_embeddings_source(run):
+        _keep_embeddings(study, run)
     results.write(study.result_path(run), result)
     return result
 
 
-def commit_result(path: str, run_id: str, bleu: float) -> str:
-    """Commit one result file alone; returns a warning, or '' when committed."""
-    add = _git("add", "--", path)
+def _recorded(study: Study, arg: str) -> str:
+    """A command-line argument as a result file keeps it: a path relative to the study's root, so the
+    file says nothing about the machine it ran on."""
+    return study.relative(arg) if os.path.isabs(arg) else arg
+
+
+def commit_result(paths: List[str], run_id: str, bleu: float) -> str:
+    """Commit one run's files (its result, and the embedding table it lends) alone; returns a warning,
+    or '' when committed."""
+    add = _git("add", "--", *paths)
     done = add.returncode == 0 and _git("commit", "-q", "-m", f"study: {run_id}: test BLEU {bleu}", "--",
-                                        path).returncode == 0
-    return "" if done else f"could not commit {path} (it is written; commit it by hand)"
+                                        *paths).returncode == 0
+    return "" if done else f"could not commit {' '.join(paths)} (written; commit by hand)"
 
 
 def run_study(study: Study, runs: List[Run], commit: bool = False, say: Callable[[str], None] = print) -> int:
@@ -171,7 +194,8 @@ def run_study(study: Study, runs: List[Run], commit: bool = False, say: Callable
             say(f"study: {run.id}: test BLEU {result['test']['bleu_tokenised']} (tokenised), "
                 f"{result['test']['sacrebleu']} (sacreBLEU) -> {path}")
             if commit:
-                warning = commit_result(path, run.id, result["test"]["bleu_tokenised"])
+                kept = [path] + ([study.embeddings_path(run)] if study.is_embeddings_source(run) else [])
+                warning = commit_result(kept, run.id, result["test"]["bleu_tokenised"])
                 if warning:
                     say(f"study: warning: {warning}")
         done.add(run.id)

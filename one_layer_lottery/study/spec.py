@@ -38,6 +38,7 @@ class Run:
 @dataclass
 class Study:
     path: str
+    root: str                     # the folder its relative paths start from; result files record paths from it
     title: str
     data: str
     references: Optional[str]     # raw target side of the test set, for detokenised sacreBLEU
@@ -71,6 +72,18 @@ class Study:
 
     def run_dir(self, run: Run) -> str:
         return os.path.join(self.work, run.id)
+
+    def embeddings_path(self, run: Run) -> str:
+        """Where the embedding table of a run that other runs take embeddings from is kept (committed
+        beside its result, so those runs do not need its checkpoint)."""
+        return os.path.join(self.results, f"{run.id}.embeddings.npz")
+
+    def is_embeddings_source(self, run: Run) -> bool:
+        return any(r.embeddings_from == run.id for r in self.runs)
+
+    def relative(self, path: str) -> str:
+        """``path`` as the result files record it: relative to the study's root."""
+        return os.path.relpath(path, self.root)
 
 
 def read_parsed(path: str, parse: Callable, parse_errors: tuple, error: type, invalid: str):
@@ -127,7 +140,7 @@ def load(path: str) -> Study:
     models = doc.get("models") or {}
     if not isinstance(models, dict):
         raise StudyError(f"{path}: models must be a mapping of name: flags")
-    study = Study(path=path, title=str(doc.get("title", os.path.basename(path))), data=place(doc["data"]),
+    study = Study(path=path, root=root, title=str(doc.get("title", os.path.basename(path))), data=place(doc["data"]),
                   references=place(doc.get("references")), lowercase=bool(doc.get("lowercase", False)),
                   results=place(doc["results"]), work=place(doc["work"]),
                   reference_experiment=doc.get("reference_experiment"),
