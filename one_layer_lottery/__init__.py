@@ -1,9 +1,13 @@
 """one_layer_lottery: the one-layer randomly weighted Transformer as a fairseq plugin.
 
-Use with ``--user-dir path/to/one_layer_lottery``. ``one_layer_lottery.masking`` is pure PyTorch.
+Use with ``--user-dir path/to/one_layer_lottery``. Importing it registers the model with fairseq;
+fairseq's command lines also get the changes listed in fairseq_patches.py, and no other program
+does. ``one_layer_lottery.masking`` is pure PyTorch.
 """
-from . import console  # first: it quiets a line fairseq logs when imported
-from .checkpoints import fairseq_copy, safe_load  # noqa: F401  (atomic checkpoint copies; weights_only allow-list)
-from . import models  # noqa: F401
+from . import fairseq_patches
 
-console.report_tool_errors_of_fairseq_clis()
+with fairseq_patches.quiet_fairseq_import():
+    from . import models  # noqa: F401  (registers one_layer_transformer and its architectures)
+
+if fairseq_patches.running_fairseq_cli():
+    fairseq_patches.patch_fairseq_cli()

@@ -25,7 +25,7 @@ import warnings
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 import torch  # noqa: E402  (after the variable above)
 
-from .checkpoints.atomic import atomic_output  # noqa: E402
+from .atomic import atomic_output  # noqa: E402
 from .console import quiet_logging  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -2,7 +2,8 @@
 
 A problem the user can act on (a bad file, a bad option) is a ``ToolError``: every tool prints it
 as one line, ``<tool>: error: <message>``, and exits with status 2, as argparse does for usage
-errors. ``ONE_LAYER_LOTTERY_DEBUG=1`` shows the traceback instead.
+errors; fairseq's command lines print it the same way (fairseq_patches.py).
+``ONE_LAYER_LOTTERY_DEBUG=1`` shows the traceback instead.
 """
 import contextlib
 import logging
@@ -11,10 +12,6 @@ import sys
 
 DEBUG_ENV = "ONE_LAYER_LOTTERY_DEBUG"
 USAGE_ERROR = 2
-
-# Importing fairseq logs an INFO line about tensorboardX from its text_to_speech task; neither the
-# tools nor fairseq-train (which uses torch.utils.tensorboard) need it.
-logging.getLogger("fairseq.tasks.text_to_speech").setLevel(logging.WARNING)
 
 
 class ToolError(ValueError):
@@ -40,11 +37,13 @@ def quiet_logging() -> None:
     logging.getLogger().setLevel(logging.WARNING)
 
 
-def _debugging() -> bool:
+def debugging() -> bool:
+    """Whether ``ONE_LAYER_LOTTERY_DEBUG`` asks for tracebacks instead of one-line errors."""
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
-def _report(tool: str, error: BaseException) -> None:
+def print_error(tool: str, error: BaseException) -> None:
+    """``<tool>: error: <message>`` on stderr, on one line whatever the message holds."""
     sys.stdout.flush()
     message = " ".join(str(error).split("\n")[0].split())  # one line, whatever the message held
     print(f"{tool}: error: {message}", file=sys.stderr, flush=True)
@@ -56,25 +55,8 @@ def tool_errors(tool: str):
     try:
         yield
     except ToolError as e:
-        if _debugging():
+        if debugging():
             raise
-        _report(tool, e)
+        print_error(tool, e)
         raise SystemExit(USAGE_ERROR) from None
 
-
-def _fairseq_cli_hook(previous):
-    def hook(kind, value, traceback):
-        if not issubclass(kind, ToolError) or _debugging():
-            return previous(kind, value, traceback)
-        _report(os.path.basename(sys.argv[0]) or "fairseq", value)
-        os._exit(USAGE_ERROR)  # the process was ending anyway; this sets argparse's status for a usage error
-
-    return hook
-
-
-def report_tool_errors_of_fairseq_clis() -> None:
-    """fairseq-train / fairseq-generate have no place for a plugin to catch errors, so an option or
-    file error of this plugin that reaches the top of the process is printed as a usage error there."""
-    if not getattr(sys.excepthook, "one_layer_lottery", False):
-        sys.excepthook = _fairseq_cli_hook(sys.excepthook)
-        sys.excepthook.one_layer_lottery = True

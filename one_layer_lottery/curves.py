@@ -8,7 +8,7 @@ default), prints one row per run (the metric at every validation), and plots met
 import argparse
 import sys
 
-from .checkpoints.atomic import atomic_output
+from .atomic import atomic_output
 from .console import quiet_logging, read_text, tool_errors
 from .fairseq_logs import LogError, validation_lines
 

@@ -1,7 +1,7 @@
 """The one way every tool opens a model file: a fairseq checkpoint or a compact subnetwork file.
 
 The kind of a file is told from its first bytes before anything is unpickled; checkpoints are read
-with ``weights_only=True`` (the allow-list: checkpoints/safe_load.py). Every problem raises an
+with ``weights_only=True`` (the allow-list: fairseq_patches.py). Every problem raises an
 ``InputFileError`` whose message is ``<file>: <what is wrong>`` and says what was expected; torch's
 advice to turn ``weights_only`` off is never passed on.
 """
@@ -13,9 +13,9 @@ from typing import Tuple
 
 import torch
 
-from .checkpoints import safe_load  # noqa: F401  (fairseq checkpoints under weights_only=True)
-from .checkpoints.fairseq_checkpoint import config_section
 from .console import ToolError
+from .fairseq_checkpoint import config_section
+from .fairseq_patches import loading_fairseq_checkpoints
 from .subnetwork.file_format import MAGIC as COMPACT_MAGIC
 from .subnetwork.file_reader import read as read_compact
 
@@ -82,7 +82,8 @@ def load_checkpoint_state(path) -> dict:
     file_kind(path, (CHECKPOINT,))
     mmap = zipfile.is_zipfile(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with loading_fairseq_checkpoints():
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise InputFileError(f"{path}: {_unpickle_problem(e)}") from None
     except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError, KeyError) as e:

@@ -10,7 +10,7 @@ import argparse
 import os
 import random
 
-from .checkpoints.atomic import atomic_output
+from .atomic import atomic_output
 
 # (gender, German noun, English noun)
 AGENTS = [

@@ -50,14 +50,14 @@ def slow_copyfile(src, dst, *args, **kwargs):
 torch.save = slow_save
 shutil.copyfile = slow_copyfile
 
-if os.environ.get("STOCK_COPY"):
-    import one_layer_lottery.checkpoints.fairseq_copy as fairseq_copy
-    from fairseq.file_io import PathManager
-
-    PathManager.copy = staticmethod(fairseq_copy.fairseq_copy)
-
 if __name__ == "__main__":
+    from fairseq.file_io import PathManager
     from fairseq_cli.train import cli_main
 
     sys.argv = ["fairseq-train", *sys.argv[1:]]
+    if os.environ.get("STOCK_COPY"):
+        fairseq_copy = PathManager.__dict__["copy"]
+        import one_layer_lottery  # noqa: F401  (a fairseq command line: the plugin patches fairseq here)
+
+        PathManager.copy = fairseq_copy
     cli_main()

@@ -8,9 +8,9 @@ import torch
 from fairseq.logging import metrics
 
 from conftest import SMALL, build
-from one_layer_lottery.checkpoints.fairseq_checkpoint import plain
+from one_layer_lottery import analyze, export, fairseq_patches
+from one_layer_lottery.fairseq_checkpoint import plain
 from one_layer_lottery.masking import MaskedWeight, naive_edge_popup_mask, num_kept
-from one_layer_lottery.subnetwork import analyze, export
 from test_compact import like_trained
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -177,12 +177,16 @@ def test_log_lines_show_the_summary_and_tensorboard_every_value(sample_bin, tmp_
         overlaps = [v for k, v in stats.items() if k.startswith(f"mask_jaccard/{stack}.")]
         assert stats[f"mask_jaccard_{stack}"] == pytest.approx(np.mean(overlaps), abs=1e-4)
 
-    # fairseq's text formats print the summary only; TensorBoard gets every value.
+    # In fairseq's command lines, text formats print the summary only; TensorBoard gets every value.
     simple = SimpleProgressBar([0], log_interval=1)
     list(simple)
-    with caplog.at_level("INFO"):
-        simple.log(stats, tag="train_inner", step=1)
-        JsonProgressBar([0], epoch=1).print(stats, tag="train")
+    fairseq_patches.patch_fairseq_cli()
+    try:
+        with caplog.at_level("INFO"):
+            simple.log(stats, tag="train_inner", step=1)
+            JsonProgressBar([0], epoch=1).print(stats, tag="train")
+    finally:
+        fairseq_patches.undo_fairseq_cli_patches()
     assert "mask_kept=0.5, mask_flipped=" in caplog.text and '"train_mask_kept": "0.5"' in caplog.text
     assert "mask_jaccard_decoder" in caplog.text and "mask_kept/" not in caplog.text
     assert "mask_jaccard/" not in caplog.text and "mask_flipped/" not in caplog.text

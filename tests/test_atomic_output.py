@@ -1,10 +1,10 @@
-"""The package's one way of writing a file (checkpoints/atomic.py), and the writers that use it."""
+"""The package's one way of writing a file (atomic.py), and the writers that use it."""
 import os
 
 import pytest
 
 from one_layer_lottery import curves, sample_corpus
-from one_layer_lottery.checkpoints.atomic import atomic_output
+from one_layer_lottery.atomic import atomic_output
 
 
 def test_a_complete_write_replaces_the_file(tmp_path):

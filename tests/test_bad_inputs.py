@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from conftest import ROOT, USER_DIR, run_cli
-from one_layer_lottery import average_checkpoints, curves
+from one_layer_lottery import analyze, average_checkpoints, curves, export
 from one_layer_lottery.checkpoints import dump_embeddings
 from one_layer_lottery.study import __main__ as study
-from one_layer_lottery.subnetwork import analyze, export
 
 
 class NeedsCode:

@@ -12,9 +12,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import GENERATE, SMALL, USER_DIR, build, hypotheses, run_cli
-from one_layer_lottery.models.one_layer_transformer.embedding_file import write_embeddings
+from one_layer_lottery import export
 from one_layer_lottery.masking import MaskedWeight, num_kept
-from one_layer_lottery.subnetwork import compact, export, file_format, file_reader
+from one_layer_lottery.models.one_layer_transformer.embedding_file import write_embeddings
+from one_layer_lottery.subnetwork import compact, file_format, file_reader
 from one_layer_lottery.subnetwork.file_format import CompactFileError
 
 

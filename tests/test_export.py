@@ -8,8 +8,8 @@ import torch
 from fairseq.models.transformer import TransformerModel
 
 from conftest import GENERATE, ROOT, USER_DIR, hypotheses, run_cli
+from one_layer_lottery import export
 from one_layer_lottery.masking import MaskedWeight
-from one_layer_lottery.subnetwork import export
 from test_compact import build_case, first_batch, like_trained
 
 CASES = {
@@ -23,6 +23,7 @@ CASES = {
                                         "--prune-ratio", 0.8), True),
     "sigmoid_threshold_pretrained": (("--prune-method", "sigmoid_threshold", "--mask-threshold", 0.6,
                                       "--encoder-embed-path", "{enc}"), False),
+    "coats_gains_qk_scale": (("--mask-coats", 3, "--learned-gains", "--qk-init-scale", 0.5), False),
 }
 
 

@@ -290,11 +290,14 @@ def test_checkpoints_load_with_weights_only_and_code_is_refused(tmp_path):
 
     import numpy as np
 
-    import one_layer_lottery  # noqa: F401  (registers the allow-list)
+    from one_layer_lottery.fairseq_patches import loading_fairseq_checkpoints
 
     path = tmp_path / "ck.pt"
     torch.save({"args": argparse.Namespace(lr=[0.1]), "best": np.float64(3.5), "model": {"w": torch.ones(2)}}, path)
-    state = torch.load(path)  # torch's default: weights_only=True
+    with pytest.raises(pickle.UnpicklingError, match="argparse.Namespace"):
+        torch.load(path)  # torch's default, weights_only=True, without the allow-list
+    with loading_fairseq_checkpoints():
+        state = torch.load(path)
     assert state["args"].lr == [0.1] and float(state["best"]) == 3.5
 
     class Evil:
@@ -304,7 +307,7 @@ def test_checkpoints_load_with_weights_only_and_code_is_refused(tmp_path):
     evil = tmp_path / "evil.pt"
     with open(evil, "wb") as f:
         pickle.dump({"model": Evil()}, f)
-    with pytest.raises(pickle.UnpicklingError):
+    with loading_fairseq_checkpoints(), pytest.raises(pickle.UnpicklingError):
         torch.load(evil)
 
 

@@ -1,1 +1,1 @@
-"""Checkpoint files: safe loading, atomic writes, averaging, embedding files and dumps."""
+"""Tools over fairseq checkpoints: averaging, and dumping a dense model's embeddings."""

@@ -23,11 +23,11 @@ from typing import Dict, List, Optional
 
 import torch
 
+from ..atomic import atomic_output
 from ..console import ToolError, quiet_logging, tool_errors
-from ..models.one_layer_transformer.state_keys import EXTRA_STATE_KEY, is_layer_norm, is_random_weight
-from .atomic import atomic_output
+from ..fairseq_checkpoint import config_section, updates_done
 from ..model_files import load_checkpoint_state
-from .fairseq_checkpoint import config_section, updates_done
+from ..models.one_layer_transformer.state_keys import EXTRA_STATE_KEY, is_layer_norm, is_random_weight
 
 EPOCH_FILE = re.compile(r"^checkpoint(\d+)\.pt$")
 UPDATE_FILE = re.compile(r"^checkpoint_(\d+)_(\d+)\.pt$")

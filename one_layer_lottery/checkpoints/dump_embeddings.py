@@ -18,10 +18,10 @@ import torch
 from fairseq.data import Dictionary, data_utils
 
 from ..console import ToolError, quiet_logging, tool_errors
-from ..models.one_layer_transformer.state_keys import STACKS, embedding_key, random_embedding_key
-from ..models.one_layer_transformer.embedding_file import write_embeddings
+from ..fairseq_checkpoint import config_section
 from ..model_files import load_checkpoint_state
-from .fairseq_checkpoint import config_section
+from ..models.one_layer_transformer.embedding_file import write_embeddings
+from ..models.one_layer_transformer.state_keys import STACKS, embedding_key, random_embedding_key
 
 
 class DumpError(ToolError):

@@ -1,2 +1,2 @@
-"""A found subnetwork outside training: the compact file format and its model codec, export
-(compact, expand, dense), analysis and mask statistics."""
+"""A found subnetwork outside training: the compact file format and its model codec, the dense
+equivalent, mask figures. The tools over them: export.py, analyze.py."""

@@ -19,8 +19,8 @@ import torch
 from fairseq import models
 from omegaconf import OmegaConf
 
-from ..checkpoints.atomic import atomic_output
-from ..checkpoints.fairseq_checkpoint import plain
+from ..atomic import atomic_output
+from ..fairseq_checkpoint import plain
 from ..masking import num_kept, select_mask
 from ..models.one_layer_transformer.model import OneLayerTransformerModel
 from .file_format import (

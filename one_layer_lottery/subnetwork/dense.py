@@ -9,7 +9,7 @@ from fairseq.models.transformer.transformer_legacy import base_architecture
 from omegaconf import OmegaConf
 from torch import nn
 
-from ..checkpoints.fairseq_checkpoint import decoding_checkpoint, plain
+from ..fairseq_checkpoint import decoding_checkpoint, plain
 from ..masking import MaskedLinear, MaskedWeight, TiedLinear
 from ..models.one_layer_transformer.options import resolve_options
 from ..models.one_layer_transformer.state_keys import is_layer_matrix

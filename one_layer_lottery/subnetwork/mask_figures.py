@@ -2,7 +2,7 @@
 import os
 from typing import Any, Dict
 
-from ..checkpoints.atomic import atomic_output
+from ..atomic import atomic_output
 from ..models.one_layer_transformer.state_keys import STACKS
 
 

@@ -11,7 +11,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from ...console import ToolError
-from ...checkpoints.atomic import atomic_output
+from ...atomic import atomic_output
 
 _DIGITS = re.compile(r"[0-9]+")
 

@@ -1,17 +1,15 @@
 """Mask statistics in fairseq-train's log and TensorBoard.
 
-``MaskMonitor`` logs ``model_mask_stats`` through fairseq's metrics. A log line would carry about
-40 of them (a value per virtual layer and per matrix), so importing this module makes fairseq's
-text progress bars (simple, tqdm, json) show only the summary (``mask_kept``, ``mask_flipped``,
-``mask_jaccard_<stack>``); TensorBoard, which reads the same metrics, keeps every value.
+``MaskMonitor`` logs ``model_mask_stats`` through fairseq's metrics: a summary (``mask_kept``,
+``mask_flipped``, ``mask_jaccard_<stack>``) and about 40 values per virtual layer and matrix.
+In fairseq-train, log lines show the summary only and TensorBoard every value (fairseq_patches.py).
 """
-from collections import OrderedDict
 from typing import Dict, Optional
 
 import torch
-from fairseq.logging import metrics, progress_bar
+from fairseq.logging import metrics
 
-from .mask_stats import is_detail, model_mask_stats
+from .mask_stats import model_mask_stats
 
 
 class MaskMonitor:
@@ -44,19 +42,3 @@ class MaskMonitor:
             rank = 2 if key.startswith("mask_jaccard") else 1 if key.startswith("mask_flipped") else 0
             metrics.log_scalar(key, value, weight=0, priority=self.PRIORITY + rank, round=4)
 
-
-def _without_detail(format_stats):
-    def format_stats_without_detail(self, stats, *args, **kwargs):
-        summary = OrderedDict((k, v) for k, v in stats.items() if not is_detail(k))
-        return format_stats(self, summary, *args, **kwargs)
-
-    format_stats_without_detail.with_detail = format_stats
-    return format_stats_without_detail
-
-
-# Every text bar formats its stats in one of these two methods; the TensorBoard, W&B, Aim and
-# AzureML wrappers read the stats before that. A second import (another --user-dir path) wraps
-# fairseq's own method again, not the wrapper.
-for _bar in (progress_bar.BaseProgressBar, progress_bar.JsonProgressBar):
-    _format = _bar.__dict__["_format_stats"]
-    _bar._format_stats = _without_detail(getattr(_format, "with_detail", _format))
