@@ -69,6 +69,7 @@ CASES = {
     "pretrained_embeddings": (("--encoder-embed-path", "{enc}", "--decoder-embed-path", "{dec}"), False),
     "pretrained_unmasked_embeddings": (("--encoder-embed-path", "{enc}", "--embed-no-mask", "--prune-ratio", 0.3),
                                        False),
+    "coats_gains_qk_scale": (("--mask-coats", 3, "--learned-gains", "--qk-init-scale", 0.5), False),
 }
 
 
@@ -174,8 +175,8 @@ def test_truncated_and_flipped_files_are_refused(small_file, tmp_path):
             compact.load(bad)
     with pytest.raises(CompactFileError, match="wrong magic"):
         file_reader.parse(b"PK\x03\x04" + raw[4:])
-    with pytest.raises(CompactFileError, match="format version 2 is not supported"):
-        file_reader.parse(raw[:8] + struct.pack("<I", 2) + raw[12:])
+    with pytest.raises(CompactFileError, match="format version 3 is not supported"):
+        file_reader.parse(raw[:8] + struct.pack("<I", 3) + raw[12:])
     with pytest.raises(CompactFileError, match="cannot read"):
         file_reader.read(tmp_path / "missing.olls")
 

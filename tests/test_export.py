@@ -23,6 +23,7 @@ CASES = {
                                         "--prune-ratio", 0.8), True),
     "sigmoid_threshold_pretrained": (("--prune-method", "sigmoid_threshold", "--mask-threshold", 0.6,
                                       "--encoder-embed-path", "{enc}"), False),
+    "coats_gains_qk_scale": (("--mask-coats", 3, "--learned-gains", "--qk-init-scale", 0.5), False),
 }
 
 

@@ -6,7 +6,7 @@ order, the global RNG or the device the model is later moved to.
 """
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Tuple
 
 import torch
@@ -70,22 +70,27 @@ class WeightInit:
     edge-popup); ``masked_weight_init`` under ``--authors-init`` passes the fraction removed, as
     the authors' code did.
     ``gain`` applies to the kaiming, constant and xavier_uniform inits (ReLU gain by default).
+    ``scale`` multiplies whatever was drawn (``--qk-init-scale`` for the query and key projections).
     """
 
     method: str = "kaiming_uniform"
     scale_fan: bool = False
     fan_factor: float = 1.0
     gain: float = _RELU_GAIN
+    scale: float = 1.0
 
     def __post_init__(self):
         if self.method not in WEIGHT_INITS and self.method not in INTERNAL_INITS:
             raise ValueError(f"--init must be one of {', '.join(WEIGHT_INITS)}, got {self.method!r}")
         if not (isinstance(self.fan_factor, (int, float)) and 0.0 < self.fan_factor <= 1.0):
             raise ValueError(f"the fan factor of a scaled init must be in (0, 1], got {self.fan_factor!r}")
+        check_positive("the scale of an init", self.scale)
 
     def sample(self, shape: Tuple[int, ...], seed: int, name: str) -> torch.Tensor:
-        shape = tuple(int(s) for s in shape)
-        gen = generator_for(seed, name)
+        drawn = self._draw(tuple(int(s) for s in shape), generator_for(seed, name))
+        return drawn if self.scale == 1.0 else drawn.mul_(self.scale)  # scale 1: the draw untouched
+
+    def _draw(self, shape: Tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
         fan_in, fan_out = _fans(shape)
         if self.scale_fan:
             fan_in = fan_in * self.fan_factor
@@ -114,22 +119,34 @@ class WeightInit:
         return torch.empty(shape, **_CPU_FP32).uniform_(-bound, bound, generator=gen)
 
 
-def attention_init(base: WeightInit, attention: str, projection: str, qkv_same_dim: bool = True) -> WeightInit:
+def attention_init(base: WeightInit, attention: str, projection: str, qkv_same_dim: bool = True,
+                   qk_scale: float = 1.0) -> WeightInit:
     """The init of an attention projection (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``).
 
     ``same`` applies ``--init`` like everywhere else; ``fairseq_xavier`` reproduces the authors'
     code, where fairseq's MultiheadAttention re-initialised the projections and overrode --init:
     gain 1/sqrt(2) for q/k/v when keys and values have the query's width (``qkv_same_dim``),
     gain 1 otherwise (cross-attention to an encoder of another width) and for ``out_proj``.
+    ``qk_scale`` (``--qk-init-scale``) then multiplies the query and key projections.
     """
     if attention not in ATTENTION_INITS:
         raise ValueError(
             f"--attention-init must be one of {', '.join(ATTENTION_INITS)}, got {attention!r}"
         )
-    if attention == "same":
-        return base
-    gain = 1.0 if projection == "out_proj" or not qkv_same_dim else 1.0 / math.sqrt(2.0)
-    return WeightInit("xavier_uniform", scale_fan=False, gain=gain)
+    check_positive("--qk-init-scale", qk_scale)
+    init = base
+    if attention == "fairseq_xavier":
+        gain = 1.0 if projection == "out_proj" or not qkv_same_dim else 1.0 / math.sqrt(2.0)
+        init = WeightInit("xavier_uniform", scale_fan=False, gain=gain)
+    if projection in ("q_proj", "k_proj") and qk_scale != 1.0:
+        init = replace(init, scale=init.scale * float(qk_scale))
+    return init
+
+
+def check_positive(flag: str, value) -> None:
+    """``value`` is a finite number above 0; else a ValueError naming ``flag``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{flag} must be a finite number above 0, got {value!r}")
 
 
 def masked_weight_init(method: str, scale_fan: bool, prune_ratio: float, authors_init: bool = False) -> WeightInit:

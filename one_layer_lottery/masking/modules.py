@@ -14,25 +14,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .coats import check_coats, mask_levels
 from .init import WeightInit
 from .selection import check_prune_method, check_prune_ratio, select_mask
 
 
 @dataclass(frozen=True)
 class MaskConfig:
-    """Which weights a mask keeps: see ``selection.select_mask``."""
+    """Which weights a mask keeps and what it multiplies them by: see ``selection.select_mask``
+    and, for several coats, ``coats.mask_values``."""
 
     method: str = "super_mask"
     prune_ratio: float = 0.5  # fraction of weights REMOVED
     threshold: float = 0.0  # for the threshold methods
+    coats: int = 1  # nested masks (--mask-coats); 1 is the plain mask
 
     def __post_init__(self):
         check_prune_method(self.method)
         check_prune_ratio(self.prune_ratio)
+        check_coats(self.coats, self.method)
 
     @property
     def keep_fraction(self) -> float:
         return 1.0 - self.prune_ratio
+
+    def kept(self, scores: torch.Tensor) -> torch.Tensor:
+        """Boolean: the weights any coat keeps (the outermost coat)."""
+        return select_mask(scores, self.method, self.prune_ratio, self.threshold)
+
+    def levels(self, scores: torch.Tensor) -> torch.Tensor:
+        """uint8: how many coats keep each weight (0 or 1 for one coat)."""
+        return mask_levels(scores, self.method, self.prune_ratio, self.coats, self.threshold)
+
+    def values(self, scores: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """What multiplies each weight: boolean for one coat, multiples of 1/coats in ``dtype`` else."""
+        if self.coats == 1:
+            return select_mask(scores, self.method, self.prune_ratio, self.threshold)  # exactly the plain mask
+        return self.levels(scores).to(dtype).div_(self.coats)
 
 
 class RandomWeight(nn.Module):
@@ -112,13 +130,16 @@ class _EvalCache:
     version, ``.to()``/``.half()`` on the owner change the pointer, ``module.scores = ...`` the object.
     """
 
-    __slots__ = ("weight_params", "weight", "weight_key", "score_params", "scores", "score_key", "masked",
-                 "autocast_copies")
+    __slots__ = ("weight_params", "weight", "weight_key", "score_params", "scores", "score_key", "gain_params",
+                 "gains", "gains_key", "masked", "autocast_copies")
 
-    def __init__(self, weight_owner: nn.Module, score_owner: nn.Module, masked: torch.Tensor):
+    def __init__(self, weight_owner: nn.Module, score_owner: nn.Module, masked: torch.Tensor, layer: nn.Module):
         self.weight_params, self.score_params = weight_owner._parameters, score_owner._parameters
         self.weight, self.scores = self.weight_params["weight"], self.score_params["scores"]
         self.weight_key, self.score_key = _key(self.weight), _key(self.scores)
+        self.gain_params = layer._parameters  # the layer's learned gains, if any (--learned-gains)
+        self.gains = self.gain_params.get("gains")
+        self.gains_key = None if self.gains is None else _key(self.gains)
         self.masked = masked
         self.autocast_copies = {}
 
@@ -139,7 +160,9 @@ class _EvalCache:
 
     def is_current(self) -> bool:
         return (self.weight_params.get("weight") is self.weight and self.score_params.get("scores") is self.scores
-                and _key(self.weight) == self.weight_key and _key(self.scores) == self.score_key)
+                and _key(self.weight) == self.weight_key and _key(self.scores) == self.score_key
+                and (self.gains is None or (self.gain_params.get("gains") is self.gains
+                                            and _key(self.gains) == self.gains_key)))
 
 
 def _key(t):
@@ -157,9 +180,13 @@ class MaskedWeight(nn.Module):
     While training, the mask is selected on every access (scores change every step).
     While not training, mask and masked weight are computed once and reused until the module
     trains again, its state is loaded, or it is moved or cast.
+
+    ``gains`` (``--learned-gains``): a trained scale per output row, starting at 1, multiplies the
+    masked weight.
     """
 
-    def __init__(self, random: RandomWeight, mask: MaskConfig, scores=None, own_random: bool = True):
+    def __init__(self, random: RandomWeight, mask: MaskConfig, scores=None, own_random: bool = True,
+                 gains: bool = False):
         super().__init__()
         self.mask_config = mask
         if own_random:
@@ -176,6 +203,9 @@ class MaskedWeight(nn.Module):
         else:
             self.scores = None
             self._shared_scores = _Ref(scores) if scores is not None else None
+        if gains and scores is None:
+            raise ValueError(f"learned gains need a masked weight; {random.name!r} has no scores")
+        self.gains = nn.Parameter(torch.ones(random.weight.shape[0])) if gains else None
         self._eval_cache = None
         self._pinned = None
 
@@ -194,6 +224,11 @@ class MaskedWeight(nn.Module):
         return shared.module if shared is not None else None
 
     @property
+    def random_source(self) -> RandomWeight:
+        """The RandomWeight module this layer masks (its own or a shared one)."""
+        return self._random_owner
+
+    @property
     def random_weight(self) -> torch.Tensor:
         return self._random_owner.weight
 
@@ -207,12 +242,18 @@ class MaskedWeight(nn.Module):
         return self.score_tensor is not None
 
     def mask(self) -> torch.Tensor:
-        """The current boolean mask (all ones for an unmasked weight)."""
+        """The current boolean mask: the weights any coat keeps (all ones for an unmasked weight)."""
         scores = self.score_tensor
         if scores is None:
             return torch.ones_like(self.random_weight, dtype=torch.bool)
-        m = self.mask_config
-        return select_mask(scores.detach(), m.method, m.prune_ratio, m.threshold)
+        return self.mask_config.kept(scores.detach())
+
+    def mask_values(self) -> torch.Tensor:
+        """What multiplies the random weight: ``mask()`` for one coat, multiples of 1/coats for more."""
+        scores = self.score_tensor
+        if scores is None:
+            return torch.ones_like(self.random_weight, dtype=torch.bool)
+        return self.mask_config.values(scores.detach(), self.random_weight.dtype)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -227,10 +268,14 @@ class MaskedWeight(nn.Module):
             return weight
         if self.training:
             self._eval_cache = None
-            return straight_through_mask(weight, scores, self.mask(), self.mask_config.method)
+            return self._with_gains(straight_through_mask(weight, scores, self.mask_values(), self.mask_config.method))
         with torch.no_grad():
-            self._eval_cache = _EvalCache(self._random_owner, self._score_owner, _apply_mask(weight, self.mask()))
+            masked = self._with_gains(_apply_mask(weight, self.mask_values()))
+            self._eval_cache = _EvalCache(self._random_owner, self._score_owner, masked, self)
         return self._eval_cache.masked
+
+    def _with_gains(self, masked: torch.Tensor) -> torch.Tensor:
+        return masked if self.gains is None else masked * self.gains.unsqueeze(1)
 
     def matmul_weight(self) -> torch.Tensor:
         """``weight`` as an input of a matrix multiply: the same, except while decoding under
@@ -283,8 +328,8 @@ class MaskedLinear(MaskedWeight):
     """
 
     def __init__(self, random: RandomWeight, mask: MaskConfig, scores=None,
-                 own_random: bool = True, bias: str = "none"):
-        super().__init__(random, mask, scores, own_random)
+                 own_random: bool = True, bias: str = "none", gains: bool = False):
+        super().__init__(random, mask, scores, own_random, gains)
         self.out_features, self.in_features = random.weight.shape
         if bias == "trained":
             self.bias = nn.Parameter(torch.zeros(self.out_features))

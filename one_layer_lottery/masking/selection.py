@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 PRUNE_METHODS = ("super_mask", "topk", "threshold", "sigmoid_threshold")
+TOPK_METHODS = ("super_mask", "topk")  # keep a fixed number of weights
 
 
 def num_kept(numel: int, prune_ratio: float) -> int:
@@ -151,11 +152,16 @@ def select_mask(
             return scores > threshold
         if method == "sigmoid_threshold":
             return torch.sigmoid(scores) > threshold
-        values = scores.abs() if method == "super_mask" else scores
-        batched = scores.dim() >= 3
-        flat = values.reshape(values.shape[0], -1) if batched else values.reshape(-1)
+        flat = ranked_rows(scores, method)
         k = num_kept(flat.shape[-1], prune_ratio)
         return topk_mask(flat, k).view(scores.shape)
+
+
+def ranked_rows(scores: torch.Tensor, method: str) -> torch.Tensor:
+    """The values a top-k method ranks (|score| for super_mask), one row per virtual layer when
+    ``scores`` is 3-D or more, a single row otherwise (see ``select_mask``)."""
+    values = scores.abs() if method == "super_mask" else scores
+    return values.reshape(values.shape[0], -1) if scores.dim() >= 3 else values.reshape(-1)
 
 
 def naive_edge_popup_mask(scores: torch.Tensor, prune_ratio: float) -> torch.Tensor:

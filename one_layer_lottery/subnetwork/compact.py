@@ -21,8 +21,9 @@ from omegaconf import OmegaConf
 
 from ..atomic import atomic_output
 from ..fairseq_checkpoint import plain
-from ..masking import num_kept, select_mask
+from ..masking.coats import level_bits
 from ..models.one_layer_transformer.model import OneLayerTransformerModel
+from ..models.one_layer_transformer.state_keys import RERAND_ROUNDS_KEY
 from .file_format import (
     DTYPE_NAMES,
     FORMAT_NAME,
@@ -31,13 +32,14 @@ from .file_format import (
     dictionary_digest,
     dictionary_text,
     encode,
-    pack_mask,
+    pack_fields,
     raw_bytes,
 )
 from .file_reader import CompactFile, read
 from .header_checks import fail
 from .model_tensors import group_tensors, pretrained_prefixes, random_digest
-from .rebuild_checks import check_layout, check_model_cfg, elements_bound, make_task, scores_for_mask
+from .rebuild_checks import check_layout, check_levels, check_model_cfg, elements_bound, make_task, scores_for_mask
+from .redraws import generation_entries, redrawn_state
 
 DEFAULT_MAX_ELEMENTS = 1 << 32  # random weights + scores a loaded model may have (16 GiB in fp32)
 RECIPE = ("every random weight is drawn on CPU by one_layer_lottery.masking.init.WeightInit.sample "
@@ -64,11 +66,16 @@ def encode_model(model, cfg, task, source: Optional[Dict[str, Any]] = None) -> b
     opts = model.mask_options
     parts = group_tensors(model, pretrained_prefixes(model_cfg))
 
-    # The loader regenerates the random weights: check here that this gives the model's own.
+    # The loader regenerates the random weights: check here that this gives the model's own
+    # (IteRand's redrawn weights: that each value is one of the draws of its seed).
+    sections = Sections()
+    generations, redrawn = generation_entries(model, parts.random, sections)
     stored_model_cfg = dict(model_cfg, encoder_embed_path=None, decoder_embed_path=None)
     fresh = _build_model(dict(cfg, model=stored_model_cfg), task)
     fresh_state = fresh.state_dict()
     for names in parts.random:
+        if names[0] in redrawn:
+            continue
         a, b = parts.tensors[names[0]].detach().cpu(), fresh_state[names[0]]
         if a.dtype != b.dtype or a.shape != b.shape or not torch.equal(a, b):
             raise ValueError(
@@ -78,7 +85,6 @@ def encode_model(model, cfg, task, source: Optional[Dict[str, Any]] = None) -> b
     rnd_sha, rnd_numel = random_digest(fresh_state, parts.random)
     del fresh, fresh_state
 
-    sections = Sections()
     dictionaries = []
     for role, d in (("source", task.source_dictionary), ("target", task.target_dictionary)):
         lang = task.cfg.source_lang if role == "source" else task.cfg.target_lang
@@ -90,9 +96,10 @@ def encode_model(model, cfg, task, source: Optional[Dict[str, Any]] = None) -> b
     masks = []
     m = opts.mask
     for names in parts.scores:
-        mask = select_mask(parts.tensors[names[0]].detach().cpu(), m.method, m.prune_ratio, m.threshold)
-        entry = {"names": names, "shape": list(mask.shape), "kept": int(mask.sum())}
-        entry.update(sections.add(pack_mask(mask)))
+        levels = m.levels(parts.tensors[names[0]].detach().cpu())
+        entry = {"names": names, "shape": list(levels.shape), "bits": level_bits(m.coats),
+                 "kept": int(levels.count_nonzero())}
+        entry.update(sections.add(pack_fields(levels, entry["bits"])))
         masks.append(entry)
 
     tensors = []
@@ -120,6 +127,7 @@ def encode_model(model, cfg, task, source: Optional[Dict[str, Any]] = None) -> b
         "dictionaries": dictionaries,
         "masks": masks,
         "tensors": tensors,
+        "generations": generations,
         "random_weights": {"sha256": rnd_sha, "numel": rnd_numel, "names": [n for g in parts.random for n in g]},
         "torch_version": torch.__version__,
         "source": source or {},
@@ -185,27 +193,24 @@ def load_parsed(cf: CompactFile, data: Optional[str] = None, max_elements: int =
     new_state = dict(state)
     masks = {}
     for entry in header["masks"]:
-        mask = cf.mask(entry)
-        if m.method in ("super_mask", "topk"):
-            k = num_kept(mask.numel(), m.prune_ratio)
-            if entry["kept"] != k:
-                fail(where, f"mask {entry['names'][0]} keeps {entry['kept']} of {mask.numel()} weights, but "
-                            f"--prune-ratio {m.prune_ratio} with {m.method} keeps exactly {k}")
-        scores = scores_for_mask(mask, m.method, m.threshold, state[entry["names"][0]].dtype)
+        levels = check_levels(where, entry, cf.levels(entry), m, cf.version)
+        scores = scores_for_mask(levels, m.method, m.threshold, state[entry["names"][0]].dtype)
         new_state.update({n: scores for n in entry["names"]})
-        masks[entry["names"][0]] = mask
+        masks[entry["names"][0]] = levels
     for entry in header["tensors"]:
         value = cf.tensor(entry)
         for n in entry["names"]:
             if value.dtype != state[n].dtype:
                 fail(where, f"tensor {n} is stored as {entry['dtype']}, the model's is {state[n].dtype}")
             new_state[n] = value
+    rounds = int(new_state[RERAND_ROUNDS_KEY]) if RERAND_ROUNDS_KEY in new_state else 0
+    new_state.update(redrawn_state(where, cf, model, rounds))
     model.load_state_dict(new_state, strict=True)
     # The masks the rebuilt model computes must be the stored ones, bit for bit.
     rebuilt = model.state_dict()
-    for name, mask in masks.items():
-        got = select_mask(rebuilt[name], m.method, m.prune_ratio, m.threshold)
-        if not torch.equal(got, mask):
+    for name, levels in masks.items():
+        got = m.levels(rebuilt[name])
+        if not torch.equal(got, levels):
             fail(where, f"mask {name} cannot be reproduced by --prune-method {m.method} "
-                        f"(threshold {m.threshold}): {int((got != mask).sum())} bits differ")
+                        f"(threshold {m.threshold}): {int((got != levels).sum())} bits differ")
     return model, cfg, task

@@ -4,7 +4,7 @@ A self-describing binary format that is safe to read (no pickle):
 
     offset  size    content (integers little-endian)
     0       8       magic  b"\\x89OLLSUB\\n"
-    8       4       format version (uint32), currently 1
+    8       4       format version (uint32), currently 2 (version 1 files are read too)
     12      8       header length H (uint64)
     20      H       header: a UTF-8 JSON object (the model config, dictionaries, seed and init
                     recipe, the list of sections, the checksum of the random weights)
@@ -12,9 +12,14 @@ A self-describing binary format that is safe to read (no pickle):
                     (offset, nbytes) relative to the payload start; together they tile it exactly
     20+H+P  32      sha256 of every byte before it
 
-Sections: each dictionary (fairseq's ``dict.txt`` text), each mask (``ceil(numel / 8)`` bytes,
-bit i of byte j is weight ``8 j + i`` in row-major order, 1 = kept) and each stored tensor (raw
-little-endian bytes). Weights shared by several state-dict keys are stored once, with all
+Sections: each dictionary (fairseq's ``dict.txt`` text), each mask, each stored tensor (raw
+little-endian bytes) and, for random weights that IteRand redrew, each weight's generation.
+Masks and generations are packed fields of ``bits`` bits per weight in row-major order
+(``ceil(numel * bits / 8)`` bytes): bit b of weight w is bit ``(w * bits + b) % 8`` of byte
+``(w * bits + b) // 8``, least significant first. A mask holds, per weight, how many of the
+``--mask-coats`` coats keep it (``bits = ceil(log2(coats + 1))``; one coat: 1 bit, 1 = kept, as in
+version 1, whose mask entries have no ``bits``). A generation is the IteRand round whose draw the
+weight holds (0: the seed's). Weights shared by several state-dict keys are stored once, with all
 their names. Reading: file_reader.py; what the sections mean for a model: compact.py.
 """
 import hashlib
@@ -30,7 +35,8 @@ import torch
 from ..console import ToolError
 
 MAGIC = b"\x89OLLSUB\n"
-VERSION = 1
+VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)  # version 1: one bit per mask entry, no generations
 FORMAT_NAME = "one_layer_lottery.subnetwork"
 PREFIX = struct.Struct("<8sIQ")  # magic, version, header length
 DIGEST_BYTES = 32
@@ -81,9 +87,32 @@ def raw_bytes(t: torch.Tensor) -> bytes:
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
-def pack_mask(mask: torch.Tensor) -> bytes:
-    """Row-major bits, least significant bit first, 1 = kept."""
-    return np.packbits(mask.detach().to("cpu").reshape(-1).numpy().astype(np.uint8), bitorder="little").tobytes()
+def packed_bytes(count: int, bits: int) -> int:
+    return (count * bits + 7) // 8
+
+
+def pack_fields(values: torch.Tensor, bits: int) -> bytes:
+    """Non-negative integers (or booleans) as ``bits``-bit fields, row-major, least significant bit first."""
+    v = values.detach().to("cpu").reshape(-1).numpy().astype(np.int64)
+    planes = np.empty((v.size, bits), dtype=np.uint8)
+    for b in range(bits):
+        planes[:, b] = (v >> b) & 1
+    return np.packbits(planes.reshape(-1), bitorder="little").tobytes()
+
+
+def unpack_fields(raw, count: int, bits: int):
+    """``count`` fields of ``bits`` bits as a numpy array (uint8 for one bit, int64 else); None when
+    the padding bits after them are not zero."""
+    planes = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")
+    if planes[count * bits:].any():
+        return None
+    planes = planes[:count * bits].reshape(count, bits)
+    if bits == 1:
+        return planes[:, 0]
+    values = np.zeros(count, dtype=np.int64)
+    for b in range(bits):
+        values |= planes[:, b].astype(np.int64) << b
+    return values
 
 
 def dictionary_digest(d) -> str:

@@ -19,13 +19,15 @@ from .file_format import (
     DIGEST_BYTES,
     DTYPES,
     MAGIC,
+    VERSION,
     MAX_HEADER_BYTES,
     PREFIX,
-    VERSION,
+    SUPPORTED_VERSIONS,
     CompactFileError,
     decode_floats,
     dictionary_digest,
     numel,
+    unpack_fields,
 )
 from .header_checks import check_header, fail
 
@@ -37,24 +39,39 @@ class CompactFile:
     header: Dict[str, Any]
     payload: memoryview
     where: str
+    version: int = VERSION
 
     def _section(self, entry) -> memoryview:
         return self.payload[entry["offset"]:entry["offset"] + entry["nbytes"]]
 
-    def mask(self, entry) -> torch.Tensor:
-        """The stored boolean mask of ``entry`` (one of ``header['masks']``)."""
-        count = numel(entry["shape"])
-        raw = np.frombuffer(self._section(entry), dtype=np.uint8)
-        bits = np.unpackbits(raw, bitorder="little")
-        if bits[count:].any():
-            raise CompactFileError(f"{self.where}: mask {entry['names'][0]}: the padding bits after the "
+    def _fields(self, what, entry):
+        values = unpack_fields(self._section(entry), numel(entry["shape"]), entry.get("bits", 1))
+        if values is None:
+            raise CompactFileError(f"{self.where}: {what} {entry['names'][0]}: the padding bits after the "
                                    f"last weight are not zero")
-        bits = bits[:count]
-        kept = int(np.count_nonzero(bits))
+        return values
+
+    def levels(self, entry) -> torch.Tensor:
+        """The stored mask of ``entry`` (one of ``header['masks']``): per weight, how many coats keep it (uint8)."""
+        levels = self._fields("mask", entry)
+        kept = int(np.count_nonzero(levels))
         if kept != entry["kept"]:
-            raise CompactFileError(f"{self.where}: mask {entry['names'][0]} has {kept} bits set but its "
+            what = "bits set" if entry.get("bits", 1) == 1 else "weights kept"
+            raise CompactFileError(f"{self.where}: mask {entry['names'][0]} has {kept} {what} but its "
                                    f"header says {entry['kept']}")
-        return torch.from_numpy(bits.astype(np.bool_)).reshape(entry["shape"])
+        return torch.from_numpy(levels.astype(np.uint8)).reshape(entry["shape"])
+
+    def mask(self, entry) -> torch.Tensor:
+        """The weights the stored mask of ``entry`` keeps (by any coat), boolean."""
+        return self.levels(entry) > 0
+
+    def generations(self, entry) -> torch.Tensor:
+        """The IteRand generation of every weight of ``entry`` (one of ``header['generations']``), int64."""
+        values = torch.from_numpy(self._fields("generation field", entry).astype(np.int64))
+        if values.numel() and int(values.max()) > entry["rounds"]:
+            raise CompactFileError(f"{self.where}: {entry['names'][0]} names generation {int(values.max())}, "
+                                   f"after the file's {entry['rounds']} rounds")
+        return values.reshape(entry["shape"])
 
     def tensor(self, entry) -> torch.Tensor:
         """A copy of the stored tensor of ``entry`` (one of ``header['tensors']``)."""
@@ -94,8 +111,9 @@ def parse(data: bytes, where: str = "<bytes>") -> CompactFile:
     magic, version, hlen = PREFIX.unpack_from(data, 0)
     if magic != MAGIC:
         fail(where, "not a one_layer_lottery compact subnetwork file (wrong magic bytes)")
-    if version != VERSION:
-        fail(where, f"format version {version} is not supported (this reader knows version {VERSION})")
+    if version not in SUPPORTED_VERSIONS:
+        fail(where, f"format version {version} is not supported (this reader knows versions "
+                    f"{', '.join(map(str, SUPPORTED_VERSIONS))})")
     if hlen > MAX_HEADER_BYTES:
         fail(where, f"the header length {hlen} exceeds the limit of {MAX_HEADER_BYTES} bytes")
     if hlen > size - fixed:
@@ -108,12 +126,12 @@ def parse(data: bytes, where: str = "<bytes>") -> CompactFile:
     except (ValueError, RecursionError) as e:
         fail(where, f"the header is not valid JSON ({type(e).__name__}: {str(e)[:200]})")
     payload = data[PREFIX.size + hlen:size - DIGEST_BYTES]
-    check_header(where, header, len(payload))
+    check_header(where, header, len(payload), version)
     try:
         header["cfg"] = decode_floats(header["cfg"])
     except RecursionError:
         fail(where, "the header's cfg is nested too deeply")
-    return CompactFile(header, payload, where)
+    return CompactFile(header, payload, where, version)
 
 
 def read(path: str) -> CompactFile:

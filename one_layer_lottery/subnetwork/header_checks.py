@@ -8,10 +8,12 @@ import math
 
 import torch
 
-from .file_format import DTYPES, FORMAT_NAME, CompactFileError, numel
+from .file_format import DTYPES, FORMAT_NAME, CompactFileError, numel, packed_bytes
 
 MAX_NDIM = 8
 MAX_DIM = 1 << 40
+MAX_MASK_BITS = 8  # up to 255 coats
+MAX_ROUNDS = (1 << 31) - 1
 
 
 def fail(where, msg):
@@ -67,9 +69,10 @@ def check_sha(where, what, value):
     return value
 
 
-def check_header(where, header, payload_size):
+def check_header(where, header, payload_size, version):
     check_type(where, "the header", header, dict)
-    for key in ("format", "cfg", "mask", "dictionaries", "masks", "tensors", "random_weights", "seed"):
+    for key in ("format", "cfg", "mask", "dictionaries", "masks", "tensors", "random_weights", "seed",
+                *(("generations",) if version >= 2 else ())):
         if key not in header:
             fail(where, f"the header has no {key!r} field")
     if header["format"] != FORMAT_NAME:
@@ -106,8 +109,24 @@ def check_header(where, header, payload_size):
         count = numel(check_shape(where, what, m.get("shape"), 1))
         check_int(where, f"{what} kept count", m.get("kept"), 0, count)
         spans.append(check_span(where, what, m, payload_size))
-        if m["nbytes"] != (count + 7) // 8:
-            fail(where, f"{what}: {m['nbytes']} bytes for {count} bits (expected {(count + 7) // 8})")
+        if version >= 2:
+            bits = check_int(where, f"{what} bits", m.get("bits"), 1, MAX_MASK_BITS)
+        elif "bits" in m:
+            fail(where, f"{what} has a bit width, which format version 1 does not have")
+        else:
+            bits = 1
+        check_packed(where, what, m["nbytes"], count, bits)
+
+    redrawn = set()  # generation fields name random weights, which random_weights lists too
+    for g in check_type(where, "generations", header.get("generations", []), list):
+        check_type(where, "a generation entry", g, dict)
+        check_names(where, "a generation field", g.get("names"), redrawn)
+        what = f"generation field {g['names'][0]}"
+        count = numel(check_shape(where, what, g.get("shape"), 1))
+        rounds = check_int(where, f"{what} rounds", g.get("rounds"), 1, MAX_ROUNDS)
+        bits = check_int(where, f"{what} bits", g.get("bits"), rounds.bit_length(), rounds.bit_length())
+        spans.append(check_span(where, what, g, payload_size))
+        check_packed(where, what, g["nbytes"], count, bits)
 
     for t in check_type(where, "tensors", header["tensors"], list):
         check_type(where, "a tensor entry", t, dict)
@@ -134,6 +153,12 @@ def check_header(where, header, payload_size):
         end = offset + nbytes
     if end != payload_size:
         fail(where, f"the sections cover {end} bytes of a {payload_size}-byte payload")
+
+
+def check_packed(where, what, nbytes, count, bits):
+    if nbytes != packed_bytes(count, bits):
+        fail(where, f"{what}: {nbytes} bytes for {count * bits} bits ({count} weights of {bits} bits; "
+                    f"expected {packed_bytes(count, bits)} bytes)")
 
 
 def check_span(where, what, entry, payload_size):

@@ -16,8 +16,12 @@ from fairseq.tasks import TASK_REGISTRY
 from fairseq.tasks.translation import TranslationTask
 from omegaconf import OmegaConf
 
+from ..masking import MaskConfig
+from ..masking.coats import coat_kept_counts, level_bits
+from ..masking.selection import TOPK_METHODS
 from ..models.one_layer_transformer.model import OneLayerTransformerModel
 from ..models.one_layer_transformer.options import resolve_options
+from ..models.one_layer_transformer.state_keys import EXTRA_STATE_KEY
 from .file_format import CompactFileError, dictionary_digest
 from .file_reader import CompactFile
 from .header_checks import check_int, fail
@@ -101,18 +105,41 @@ def _first_difference(d, stored) -> str:
     return ""
 
 
-def scores_for_mask(mask: torch.Tensor, method: str, threshold: float, dtype=torch.float32) -> torch.Tensor:
-    """Scores whose mask under ``method`` is exactly ``mask`` (the top-k methods need the
-    mask to keep exactly their k). Kept weights get 1 and removed 0 for the top-k rules; for the
-    threshold rules values on either side of the threshold (saturated for the sigmoid)."""
-    if method in ("super_mask", "topk"):
-        return mask.to(dtype)
+def scores_for_mask(levels: torch.Tensor, method: str, threshold: float, dtype=torch.float32) -> torch.Tensor:
+    """Scores whose mask under ``method`` is exactly ``levels`` (how many coats keep each weight;
+    0/1 or boolean for one coat). The top-k rules get the level itself (the top-k of each coat is
+    then exactly the weights at or above its level, when ``check_levels`` passed); the threshold
+    rules values on either side of the threshold (saturated for the sigmoid)."""
+    if method in TOPK_METHODS:
+        return levels.to(dtype)
+    mask = levels > 0
     if method == "threshold":
         t = torch.tensor(threshold, dtype=dtype)
         hi = t + 1 if bool(t + 1 > t) else torch.nextafter(t, torch.tensor(math.inf, dtype=dtype))
         return torch.where(mask, hi, t - 1)
     # sigmoid(100) rounds to 1 and sigmoid(-1000) to 0 in every float type.
     return torch.where(mask, torch.tensor(100.0, dtype=dtype), torch.tensor(-1000.0, dtype=dtype))
+
+
+def check_levels(where, entry, levels: torch.Tensor, mask: MaskConfig, version: int) -> torch.Tensor:
+    """``levels`` (a stored mask) is one the model's rule can select: the bit width of its coats, and
+    for the top-k rules exactly as many weights in each coat as the coat keeps."""
+    name = entry["names"][0]
+    bits = entry.get("bits", 1) if version >= 2 else 1
+    if bits != level_bits(mask.coats):
+        fail(where, f"mask {name} has {bits} bits per weight, --mask-coats {mask.coats} needs {level_bits(mask.coats)}")
+    if int(levels.max()) > mask.coats:
+        fail(where, f"mask {name} holds level {int(levels.max())}, above --mask-coats {mask.coats}")
+    if mask.method in TOPK_METHODS:
+        counts = coat_kept_counts(levels.numel(), mask.prune_ratio, mask.coats)
+        for coat, k in enumerate(counts, 1):
+            kept = int((levels >= coat).sum())
+            if kept != k:
+                what = f"mask {name}" if mask.coats == 1 else f"coat {coat} of mask {name}"
+                coats = "" if mask.coats == 1 else f" in coat {coat} of --mask-coats {mask.coats}"
+                fail(where, f"{what} keeps {kept} of {levels.numel()} weights, but --prune-ratio "
+                            f"{mask.prune_ratio} with {mask.method} keeps exactly {k}{coats}")
+    return levels
 
 
 def check_layout(where, header, model):
@@ -133,7 +160,8 @@ def check_layout(where, header, model):
         if expected is None or (expected != kind and not (expected == "random" and kind == "tensor")):
             fail(where, f"the file's {kind} {list(names)} is not a {kind} of the model built from the stored "
                         f"config (there: {expected or 'absent'})")
-        if list(shape) != list(state[names[0]].shape):
+        # The record of the options grows with every option added; loading checks what it says.
+        if list(shape) != list(state[names[0]].shape) and names != (EXTRA_STATE_KEY,):
             fail(where, f"{kind} {names[0]} has shape {list(shape)}, the model built from the stored config "
                         f"has {list(state[names[0]].shape)}")
     random_expected = sorted(n for g in parts.random for n in g if n not in covered)

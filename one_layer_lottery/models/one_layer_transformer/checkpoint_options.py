@@ -18,7 +18,7 @@ import torch
 from ...masking import RandomWeight
 from .config import RECORDED_OPTIONS, OneLayerTransformerConfig
 from .options import OptionError
-from .state_keys import EXTRA_STATE_KEY
+from .state_keys import EXTRA_STATE_KEY, RERAND_ROUNDS_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +55,21 @@ def read_record(saved: torch.Tensor) -> dict:
             f"({type(e).__name__}: {e}); was it averaged across runs with different options?") from None
 
 
+# Options added after checkpoints began recording theirs, with their defaults: a record without
+# one was written before the option existed, when the model behaved as under the default.
+ADDED_LATER = {"--authors-init": False, "--mask-coats": 1, "--rerand-interval": 0, "--rerand-fraction": 0.1,
+               "--learned-gains": False, "--qk-init-scale": 1.0}
+
+
 def mismatches(saved: dict, current: dict) -> list:
     """'flag: checkpoint X, this model Y' for every option that differs and matters."""
-    ignored = set()
+    ignored = {flag for flag, default in ADDED_LATER.items() if flag not in saved and current.get(flag) == default}
     if current.get("--prune-method") not in ("threshold", "sigmoid_threshold"):
         ignored.add("--mask-threshold")
     if current.get("--mask-init") == "standard":
         ignored.add("--mask-constant")
-    if "--authors-init" not in saved and not current.get("--authors-init"):
-        ignored.add("--authors-init")  # a record without it was written when the option did not exist: off
+    if current.get("--rerand-interval") == 0 and saved.get("--rerand-interval", 0) == 0:
+        ignored.add("--rerand-fraction")  # no round was ever done
     return [f"{flag}: the checkpoint's is {saved.get(flag, '(not recorded)')}, this model's is {value}"
             for flag, value in current.items() if flag not in ignored and saved.get(flag) != value]
 
@@ -120,8 +126,12 @@ def _warn_if_random_weights_differ(model, state_dict):
     # The checkpoint's random weights are used; with equal options they should be exactly the ones
     # the model drew from --seed (not, e.g., after a change of the init code or of an embedding file).
     differ = []
+    rerandomizer = getattr(model, "rerandomizer", None)
+    rounds = state_dict.get(RERAND_ROUNDS_KEY)
+    redrawn = {id(r) for r, _ in rerandomizer.groups} if rerandomizer is not None and rounds is not None \
+        and int(rounds) > 0 else set()  # IteRand rounds changed these on purpose
     for prefix, module in model.named_modules():
-        if isinstance(module, RandomWeight):
+        if isinstance(module, RandomWeight) and id(module) not in redrawn:
             key = f"{prefix}.weight" if prefix else "weight"
             saved = state_dict.get(key)
             mine = module.weight

@@ -86,6 +86,27 @@ class OneLayerTransformerConfig(FairseqDataclass):
         default=False, metadata={"help": "embeddings are fixed and not masked (no scores)", **RECORDED})
     need_bias: bool = field(
         default=False, metadata={"help": "add trained biases to the masked linear layers", **RECORDED})
+    # -- strong-lottery-ticket methods since the paper (README.md, Options) ----------------------
+    mask_coats: int = field(
+        default=1,
+        metadata={"help": "multicoated supermask (Okoshi et al. 2022): C nested top-k masks over the same scores, "
+                          "the outermost keeping what --prune-ratio keeps, coat c the top (C-c+1)/C of that; a "
+                          "weight is multiplied by the share of coats that keep it; 1 is the plain mask", **RECORDED})
+    rerand_interval: int = field(
+        default=0,
+        metadata={"help": "IteRand (Chijiwa et al. 2021): every K updates, redraw --rerand-fraction of the random "
+                          "weights of the layers that no mask keeps, from (seed, name, round); 0 never", **RECORDED})
+    rerand_fraction: float = field(
+        default=0.1, metadata={"help": "share of the removed weights each --rerand-interval round redraws, in (0, 1]",
+                               **RECORDED})
+    learned_gains: bool = field(
+        default=False,
+        metadata={"help": "a trained scale per output row of every masked layer matrix of every virtual layer, "
+                          "starting at 1 (in the spirit of biprop, Diffenderfer & Kailkhura 2021)", **RECORDED})
+    qk_init_scale: float = field(
+        default=1.0,
+        metadata={"help": "multiply the random query and key projections by S at init (Otsuka et al. 2025); "
+                          "any finite S > 0", **RECORDED})
     mask_log_interval: int = field(
         default=100,
         metadata={"help": "compute mask statistics every N updates: the log line shows their mean (kept "

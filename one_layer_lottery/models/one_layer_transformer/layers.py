@@ -25,6 +25,7 @@ from ...masking import (
     embedding_normal_init,
     pretrained_embedding_scale,
 )
+from ...masking.rerandomize import RerandSchedule
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class MaskOptions:
     seed: int
     scale_fan: bool = False  # the flag as given (``weight_init`` holds what it means for each init)
     authors_init: bool = False  # every tensor drawn as in the authors' code (see ``masking.init``)
+    learned_gains: bool = False  # a trained scale per output row of every layer matrix
+    qk_init_scale: float = 1.0  # multiplies the random query and key projections
+    rerand: RerandSchedule = RerandSchedule()  # IteRand redraws of removed layer weights
 
     def new_scores(self, shape, name):
         return nn.Parameter(self.score_init.sample(shape, self.seed, name))
@@ -83,7 +87,7 @@ class SharedWeights(nn.Module):
             else:
                 scores = opts.new_scores(shape, layer_name)
         bias = "trained" if opts.need_bias else ("zero" if zero_bias else "none")
-        return MaskedLinear(random, opts.mask, scores, own_random=own_random, bias=bias)
+        return MaskedLinear(random, opts.mask, scores, own_random=own_random, bias=bias, gains=opts.learned_gains)
 
 
 class LayerBuilder:
@@ -104,7 +108,8 @@ class LayerBuilder:
         projections = {
             proj: self.shared.linear(
                 self.index, f"{name}.{proj}", in_dim, embed_dim,
-                attention_init(opts.weight_init, opts.attention_init, proj, qkv_same_dim), zero_bias=True)
+                attention_init(opts.weight_init, opts.attention_init, proj, qkv_same_dim, opts.qk_init_scale),
+                zero_bias=True)
             for proj, in_dim in in_dims.items()
         }
         return MaskedMultiheadAttention(embed_dim, num_heads, projections, kdim=kdim, vdim=vdim,

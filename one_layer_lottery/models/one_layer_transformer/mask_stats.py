@@ -1,8 +1,9 @@
 """Mask statistics: kept fractions, bit flips, and overlap between virtual layers sharing a weight.
 
-Pure PyTorch over boolean masks. ``model_mask_stats`` gives them per virtual layer and matrix
+Pure PyTorch over the masks. ``model_mask_stats`` gives them per virtual layer and matrix
 (``mask_kept/encoder.3``, ...) and as a short summary (``mask_kept``, ...); during training the
-model logs both (models/one_layer_transformer/mask_logging.py).
+model logs both (models/one_layer_transformer/mask_logging.py). A weight counts as kept when any
+coat keeps it (``--mask-coats``); a flip is a change of its mask value.
 """
 import re
 from collections import defaultdict
@@ -15,7 +16,7 @@ from ...masking import MaskedWeight
 from .state_keys import STACKS, matrix_sort_key, parse_module_path
 
 # Per-layer and per-matrix keys, also as fairseq prefixes them ("train_mask_kept/encoder.0").
-_DETAIL = re.compile(r"(^|_)mask_(kept|flipped|jaccard)/")
+_DETAIL = re.compile(r"(^|_)mask_(kept|flipped|jaccard|value|gain)/")
 
 
 def is_detail(key: str) -> bool:
@@ -73,14 +74,17 @@ def model_mask_stats(model, previous: Optional[Dict[int, torch.Tensor]] = None):
     when given) and ``mask_jaccard/<stack>.<matrix>`` (mean pairwise Jaccard overlap of the
     masks of the virtual layers that share that random weight); then the summary: ``mask_kept``
     and ``mask_flipped`` over every virtual layer, ``mask_jaccard_<stack>`` the mean over the
-    stack's shared matrices. masks: id(score tensor) -> mask.
+    stack's shared matrices. With ``--mask-coats`` above 1 also ``mask_value/<stack>.<layer>`` and
+    ``mask_value`` (mean mask value), with ``--learned-gains`` ``mask_gain/<stack>.<layer>`` and
+    ``mask_gain`` (mean gain). values: id(score tensor) -> mask values (``previous`` of the next call).
     """
     matrices = [mm for mm in masked_matrices(model) if mm.layer is not None]  # embeddings are no virtual layer
-    masks: Dict[int, torch.Tensor] = {}
+    values: Dict[int, torch.Tensor] = {}
     for mm in matrices:
         key = id(mm.module.score_tensor)
-        if key not in masks:
-            masks[key] = mm.module.mask()
+        if key not in values:
+            values[key] = mm.module.mask_values()
+    masks = {key: v if v.dtype == torch.bool else v != 0 for key, v in values.items()}
     kept = defaultdict(int)
     flipped = defaultdict(int)
     numel = defaultdict(int)
@@ -92,7 +96,7 @@ def model_mask_stats(model, previous: Optional[Dict[int, torch.Tensor]] = None):
         kept[layer] += int(mask.sum())
         numel[layer] += mask.numel()
         if previous is not None and key in previous:
-            flipped[layer] += int((mask != previous[key]).sum())
+            flipped[layer] += int((values[key] != previous[key]).sum())
         by_weight[id(mm.module.random_weight)].append(mm)
     scalars = {}
     for layer in sorted(numel, key=lambda s: (s.split(".")[0] != "encoder", int(s.split(".")[1]))):
@@ -117,4 +121,28 @@ def model_mask_stats(model, previous: Optional[Dict[int, torch.Tensor]] = None):
     for stack in STACKS:
         if overlaps[stack]:
             scalars[f"mask_jaccard_{stack}"] = sum(overlaps[stack]) / len(overlaps[stack])
-    return scalars, masks
+    scalars.update(layer_means(matrices, values))
+    return scalars, values
+
+
+def layer_means(matrices: List[MaskedMatrix], values: Dict[int, torch.Tensor]) -> Dict[str, float]:
+    """Mean mask value (with several coats) and mean learned gain (with gains), per virtual layer and
+    over all of them; nothing for a model with neither."""
+    sums = {"mask_value": defaultdict(float), "mask_gain": defaultdict(float)}
+    counts = {"mask_value": defaultdict(int), "mask_gain": defaultdict(int)}
+    for mm in matrices:
+        layer = f"{mm.stack}.{mm.layer}"
+        if mm.module.mask_config.coats > 1:
+            v = values[id(mm.module.score_tensor)]
+            sums["mask_value"][layer] += float(v.sum(dtype=torch.float64))
+            counts["mask_value"][layer] += v.numel()
+        if mm.module.gains is not None:
+            sums["mask_gain"][layer] += float(mm.module.gains.detach().sum(dtype=torch.float64))
+            counts["mask_gain"][layer] += mm.module.gains.numel()
+    scalars = {}
+    for name in sums:
+        for layer in counts[name]:
+            scalars[f"{name}/{layer}"] = sums[name][layer] / counts[name][layer]
+        if counts[name]:
+            scalars[name] = sum(sums[name].values()) / sum(counts[name].values())
+    return scalars

@@ -8,12 +8,15 @@ from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerConfig, TransformerModelBase
 from fairseq.utils import safe_getattr
 
+from ...masking import MaskedWeight
+from ...masking.rerandomize import Rerandomizer
 from .embedding_file import read_embeddings
 from .checkpoint_options import checked_state_dict, record_tensor, recorded_options
 from .config import ARCHITECTURES, OneLayerTransformerConfig
 from .layers import OneLayerTransformerDecoder, OneLayerTransformerEncoder, build_masked_embedding
 from .mask_logging import MaskMonitor
 from .options import OptionError, resolve_options, validated_log_interval, validated_mask_options
+from .state_keys import parse_module_path
 
 logger = logging.getLogger(__name__)
 MODEL_NAME = "one_layer_transformer"
@@ -57,6 +60,7 @@ class OneLayerTransformerModel(TransformerModelBase):
         model.mask_options = opts
         model.recorded_options = recorded_options(args)
         model.mask_monitor = MaskMonitor(log_interval)
+        model.rerandomizer = Rerandomizer(opts.rerand, layer_weight_groups(model))
         return model
 
     @staticmethod
@@ -72,6 +76,8 @@ class OneLayerTransformerModel(TransformerModelBase):
                                       pretrained, rows)
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
+        if self.training:  # the IteRand rounds due since the last update (none when it is off)
+            self.rerandomizer.catch_up()
         # A shared embedding is used up to three times per step; mask it once.
         with contextlib.ExitStack() as stack:
             for emb in {id(e): e for e in (self.encoder.embed_tokens, self.decoder.embed_tokens)}.values():
@@ -94,6 +100,16 @@ class OneLayerTransformerModel(TransformerModelBase):
         monitor = getattr(self, "mask_monitor", None)
         if monitor is not None and self.training:
             monitor.step(self, num_updates)
+
+
+def layer_weight_groups(model):
+    """[(RandomWeight, the virtual layers' masked matrices over it)] of the model's layer matrices."""
+    groups = {}
+    for path, module in model.named_modules():
+        if isinstance(module, MaskedWeight) and module.is_masked and parse_module_path(path)[1] is not None:
+            random = module.random_source
+            groups.setdefault(id(random), (random, []))[1].append(module)
+    return list(groups.values())
 
 
 def _make_architecture(name, embed_dim, ffn_dim, heads, layers, extra):

@@ -11,6 +11,8 @@ from fairseq.utils import safe_getattr
 
 from ...console import ToolError
 from ...masking import ATTENTION_INITS, MaskConfig, ScoreInit, masked_weight_init
+from ...masking.init import check_positive
+from ...masking.rerandomize import RerandSchedule
 from .config import CONFIG_FIELDS, LAYERNORM_TYPES, SHARE_MODES, OneLayerTransformerConfig
 from .layers import MaskOptions
 
@@ -50,7 +52,8 @@ def validated_mask_options(args: argparse.Namespace) -> MaskOptions:
 
 
 def _mask_options(args: argparse.Namespace) -> MaskOptions:
-    mask = MaskConfig(str(args.prune_method), args.prune_ratio, float(args.mask_threshold))
+    mask = MaskConfig(str(args.prune_method), args.prune_ratio, float(args.mask_threshold), args.mask_coats)
+    check_positive("--qk-init-scale", args.qk_init_scale)
     authors_init = bool(args.authors_init)
     return MaskOptions(
         mask=mask,
@@ -64,6 +67,9 @@ def _mask_options(args: argparse.Namespace) -> MaskOptions:
         seed=int(args.seed),
         scale_fan=bool(args.scale_fan),
         authors_init=authors_init,
+        learned_gains=bool(args.learned_gains),
+        qk_init_scale=float(args.qk_init_scale),
+        rerand=RerandSchedule(args.rerand_interval, args.rerand_fraction),
     )
 
 

@@ -6,6 +6,7 @@
     encoder.layers.3.fc1.random.weight          a layer's own random weight (layer_mask, none)
     encoder.embed_tokens.random.weight          the random (or pre-trained) embedding table
     _extra_state                                the masking options the checkpoint was trained under
+    rerandomizer.rounds                         IteRand rounds done (only with --rerand-interval)
 
 Module paths (``encoder.layers.3.fc1``) follow the same pattern without the tensor's name.
 """
@@ -13,6 +14,7 @@ import re
 from typing import Optional, Tuple
 
 EXTRA_STATE_KEY = "_extra_state"  # where nn.Module.state_dict puts the model's get_extra_state()
+RERAND_ROUNDS_KEY = "rerandomizer.rounds"  # the model's Rerandomizer, its round count
 STACKS = ("encoder", "decoder")
 # Display order of the matrices of a layer.
 MATRIX_ORDER = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",

@@ -1,0 +1,176 @@
+"""The strong-lottery-ticket methods as options of the model: today's model at their neutral values,
+option errors, recorded options, training with them, and an exact resume of IteRand's rounds."""
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SMALL, USER_DIR, build, run_cli, train_in_process
+from one_layer_lottery.masking import MaskedWeight, RandomWeight
+from one_layer_lottery.masking.rerandomize import redraw_values
+from one_layer_lottery.models.one_layer_transformer.checkpoint_options import read_record, record_tensor
+from test_compact import like_trained
+
+FIXTURES = Path(__file__).with_name("fixtures")
+# The model of fixtures/compact-v1.olls and fixtures/compact-v1-outputs.pt, both written by the
+# version of this plugin before these options existed (format version 1).
+V1_MODEL = (*SMALL, "--need-bias", "--mask-layernorm-type", "normal_layernorm", "--seed", 4)
+V1_SCORES_SEED = 4
+NEUTRAL = ("--mask-coats", 1, "--rerand-interval", 0, "--qk-init-scale", 1.0)
+
+
+def test_neutral_values_are_the_model_before_the_options_bit_for_bit(sample_bin):
+    """Outputs, training gradients and state dict equal what the plugin computed before."""
+    golden = torch.load(FIXTURES / "compact-v1-outputs.pt", weights_only=True)
+    for flags in ((), NEUTRAL):
+        model, _, _ = build(sample_bin, *V1_MODEL, *flags)
+        like_trained(model, seed=V1_SCORES_SEED)
+        model.eval()
+        with torch.no_grad():
+            logits, extra = model(**golden["net_input"])
+        assert torch.equal(logits, golden["eval_logits"]) and torch.equal(extra["attn"][0], golden["eval_attn"])
+        model.train()
+        torch.manual_seed(0)  # dropout, as when the golden gradients were taken
+        out, _ = model(**golden["net_input"])
+        out.log_softmax(-1).gather(-1, golden["target"].unsqueeze(-1)).sum().backward()
+        params = dict(model.named_parameters())
+        for name, grad in golden["train_score_grads"].items():
+            assert torch.equal(params[name].grad, grad), name
+        assert not any(k.endswith("gains") or k.startswith("rerandomizer") for k in model.state_dict())
+
+
+BAD_VALUES = [
+    (("--mask-coats", 0), "--mask-coats must be an integer from 1 to 32, got 0"),
+    (("--mask-coats", 33), "--mask-coats must be an integer from 1 to 32, got 33"),
+    (("--mask-coats", 2, "--prune-method", "threshold"), "--mask-coats 2 needs a top-k --prune-method"),
+    (("--rerand-interval", -1), "--rerand-interval must be a non-negative integer"),
+    (("--rerand-interval", 5, "--rerand-fraction", 0), r"--rerand-fraction must be a number in \(0, 1\], got 0.0"),
+    (("--rerand-fraction", 1.5), r"--rerand-fraction must be a number in \(0, 1\], got 1.5"),
+    (("--rerand-fraction", "nan"), r"--rerand-fraction must be a number in \(0, 1\], got nan"),
+    (("--qk-init-scale", 0), "--qk-init-scale must be a finite number above 0, got 0.0"),
+    (("--qk-init-scale", -2), "--qk-init-scale must be a finite number above 0, got -2.0"),
+    (("--qk-init-scale", "inf"), "--qk-init-scale must be a finite number above 0, got inf"),
+    (("--qk-init-scale", "nan"), "--qk-init-scale must be a finite number above 0, got nan"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_VALUES, ids=[" ".join(map(str, f)) for f, _ in BAD_VALUES])
+def test_bad_values_are_refused_naming_the_flag(sample_bin, flags, message):
+    with pytest.raises(ValueError, match=message):
+        build(sample_bin, *SMALL, *flags)
+
+
+def test_non_integers_are_refused_by_the_parser(sample_bin, capsys):
+    for flag in ("--mask-coats", "--rerand-interval"):
+        with pytest.raises(SystemExit):
+            build(sample_bin, *SMALL, flag, 2.5)
+        assert f"argument {flag}: invalid int value: '2.5'" in capsys.readouterr().err
+
+
+def test_fairseq_train_reports_a_bad_value_as_a_usage_error(sample_bin, tmp_path):
+    proc = run_cli("fairseq-train", sample_bin, "--user-dir", USER_DIR, "--arch", "one_layer_transformer_iwslt_de_en",
+                   *SMALL, "--max-tokens", 500, "--max-update", 1, "--optimizer", "adam", "--save-dir", tmp_path,
+                   "--qk-init-scale", "nan", check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert last == "fairseq-train: error: --qk-init-scale must be a finite number above 0, got nan"
+
+
+def _record(state):
+    return read_record(state["_extra_state"])
+
+
+def _with_record(state, record):
+    return dict(state, _extra_state=record_tensor(record))
+
+
+METHOD_FLAGS = ("--mask-coats", 3, "--rerand-interval", 4, "--rerand-fraction", 0.3, "--learned-gains",
+                "--qk-init-scale", 0.5)
+
+
+def test_checkpoints_record_the_methods_and_refuse_other_values(sample_bin):
+    model, _, _ = build(sample_bin, *SMALL, *METHOD_FLAGS)
+    record = _record(model.state_dict())
+    assert {k: record[k] for k in ("--mask-coats", "--rerand-interval", "--rerand-fraction", "--learned-gains",
+                                   "--qk-init-scale")} == {
+        "--mask-coats": 3, "--rerand-interval": 4, "--rerand-fraction": 0.3, "--learned-gains": True,
+        "--qk-init-scale": 0.5}
+    for flag, value, saved, mine in (("--mask-coats", 2, "3", "2"), ("--rerand-interval", 5, "4", "5"),
+                                     ("--rerand-fraction", 0.2, "0.3", "0.2"), ("--qk-init-scale", 2, "0.5", "2.0")):
+        other_flags = list(METHOD_FLAGS)
+        other_flags[other_flags.index(flag) + 1] = value
+        other, _, _ = build(sample_bin, *SMALL, *other_flags)
+        with pytest.raises(ValueError, match=re.escape(f"{flag}: the checkpoint's is {saved}, this model's is {mine}")):
+            other.load_state_dict(model.state_dict())
+
+
+def test_records_from_before_the_methods_read_as_their_defaults(sample_bin):
+    plain, _, _ = build(sample_bin, *SMALL)
+    new_flags = ("--mask-coats", "--rerand-interval", "--rerand-fraction", "--learned-gains", "--qk-init-scale")
+    older = {k: v for k, v in _record(plain.state_dict()).items() if k not in new_flags}
+    plain.load_state_dict(_with_record(plain.state_dict(), older))
+    coated, _, _ = build(sample_bin, *SMALL, "--mask-coats", 2)
+    with pytest.raises(ValueError, match=re.escape("--mask-coats: the checkpoint's is (not recorded), this model's is 2")):
+        coated.load_state_dict(_with_record(coated.state_dict(), older))
+    # Without rounds the fraction does not matter.
+    other_fraction, _, _ = build(sample_bin, *SMALL, "--rerand-fraction", 0.7)
+    other_fraction.load_state_dict(plain.state_dict())
+
+
+def test_qk_init_scale_scales_the_random_queries_and_keys_of_every_attention(sample_bin):
+    plain, _, _ = build(sample_bin, *SMALL)
+    scaled, _, _ = build(sample_bin, *SMALL, "--qk-init-scale", 3)
+    a, b = plain.state_dict(), scaled.state_dict()
+    weights = [k for k in a if k.endswith(".weight") and ".shared.weights." in k]
+    qk = [k for k in weights if re.search(r"_(q|k)_proj\.weight$", k)]
+    assert len(qk) == 2 * 3  # encoder self, decoder self and cross attention
+    for key in weights:
+        assert torch.equal(b[key], a[key] * 3 if key in qk else a[key]), key
+
+
+def test_all_methods_train_together(sample_bin):
+    """A few real updates: gains and scores move, coats keep their shares, a round redraws."""
+    trainer, logs = train_in_process(sample_bin, *SMALL, *METHOD_FLAGS, "--rerand-interval", 2, updates=3)
+    model = trainer.model
+    initial, _, _ = build(sample_bin, "--cpu", *SMALL, *METHOD_FLAGS, "--rerand-interval", 2)
+    assert all(math.isfinite(log["loss"]) for log in logs)
+    state, start = model.state_dict(), initial.state_dict()
+    gains = [k for k in state if k.endswith(".gains")]
+    assert len(gains) == 3 * 6 + 2 * 10 and all(not torch.equal(state[k], start[k]) for k in gains)
+    assert not torch.equal(state["encoder.layers.0.fc1.scores"], start["encoder.layers.0.fc1.scores"])
+    assert int(state["rerandomizer.rounds"]) == 1  # before update 3 (2 done)
+    layers = [m for n, m in model.named_modules() if isinstance(m, MaskedWeight) and ".layers." in n]
+    for m in layers:
+        values = m.mask_values()
+        assert set((values * 3).unique().tolist()) <= {0.0, 1.0, 2.0, 3.0}
+    redrawn = 0
+    for name, m in model.named_modules():
+        if isinstance(m, RandomWeight) and ".shared.weights." in f"{name}.weight":
+            redrawn += int((m.weight != redraw_values(m, 0)).sum())
+    assert redrawn > 0
+
+
+RESUME = ["--user-dir", USER_DIR, "--arch", "one_layer_transformer_iwslt_de_en", *SMALL, "--share-mask", "none",
+          "--rerand-interval", 2, "--rerand-fraction", 0.5, "--seed", 2, "--cpu", "--optimizer", "adam", "--lr", 5e-3,
+          "--max-tokens", 1000, "--disable-validation", "--no-epoch-checkpoints", "--num-workers", 0,
+          "--log-format", "simple"]
+
+
+@pytest.mark.slow
+def test_resumed_rerand_run_equals_the_uninterrupted_run(sample_bin, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_cli("fairseq-train", sample_bin, *RESUME, "--max-update", 6, "--save-dir", straight)
+    run_cli("fairseq-train", sample_bin, *RESUME, "--max-update", 3, "--save-dir", resumed)
+    halfway = torch.load(resumed / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
+    assert int(halfway["rerandomizer.rounds"]) == 1
+    run_cli("fairseq-train", sample_bin, *RESUME, "--max-update", 6, "--save-dir", resumed)
+    a = torch.load(straight / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
+    b = torch.load(resumed / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
+    assert a.keys() == b.keys() and int(a["rerandomizer.rounds"]) == 2
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # The second round changed weights the first left alone: both rounds really ran.
+    key = "encoder.layers.0.fc1.random.weight"
+    assert not torch.equal(a[key], halfway[key])
