@@ -225,3 +225,43 @@ def test_a_wmt_config_trains_with_fairseq_hydra_train(sample_bin, tmp_path):
         update_freq, max_tokens = WMT_BATCHES[world]
         assert cfg["optimization"]["update_freq"] == [update_freq] and cfg["dataset"]["max_tokens"] == max_tokens
     assert state["optimizer_history"][-1]["num_updates"] == 1, proc.stderr[-2000:]
+
+
+MODEL_RECIPE = ("prune_ratio", "prune_method", "share_mask", "init", "attention_init", "mask_init",
+                "mask_layernorm_type", "encoder_normalize_before", "decoder_normalize_before", "dropout")
+TRAINING_RECIPE = ("lr", "warmup_updates", "lr_scheduler", "optimizer", "label_smoothing")
+
+
+def _parsed_recipe(argv):
+    """The recipe of a fairseq-train command line, model options as the plugin resolves them."""
+    from fairseq import options
+    from one_layer_lottery.models.one_layer_transformer.options import resolve_options
+
+    args = options.parse_args_and_arch(options.get_training_parser(), argv)
+    model = resolve_options(args)
+    return {**{key: getattr(model, key) for key in MODEL_RECIPE},
+            **{key: getattr(args, key) for key in TRAINING_RECIPE}}, args
+
+
+def test_readme_example_and_sample_config_train_the_studys_best_recipe():
+    from one_layer_lottery.models.one_layer_transformer.options import resolve_options
+    from one_layer_lottery.study.spec import cli_flags, load
+    from test_docs_commands import shell_commands
+
+    run = load(str(ROOT / "configs" / "study" / "multi30k-long.yaml")).run("one-layer-s1")
+    study, _ = _parsed_recipe(["data", "--user-dir", str(USER_DIR), *cli_flags(run.flags)])
+    assert (study["init"], study["attention_init"], study["lr"]) == ("kaiming_uniform", "fairseq_xavier", [0.003])
+    readme = [c for c in shell_commands((ROOT / "README.md").read_text()) if c[0] == "fairseq-train"]
+    assert len(readme) == 1, readme
+    example, args = _parsed_recipe(readme[0][1:])
+    assert example == study
+    assert args.max_update > 0  # it stops
+    cfg = load_config("sample", [f"task.data={ROOT}", f"common.user_dir={USER_DIR}"])
+    model = resolve_options(cfg.model)
+    sample = {**{key: getattr(model, key) for key in MODEL_RECIPE}, "lr": list(cfg.optimization.lr),
+              "warmup_updates": cfg.lr_scheduler.warmup_updates, "lr_scheduler": cfg.lr_scheduler._name,
+              "optimizer": cfg.optimizer._name, "label_smoothing": cfg.criterion.label_smoothing}
+    assert sample == study
+    # and the sample-corpus study measures that recipe
+    measured = load(str(ROOT / "configs" / "study" / "sample.yaml")).run("sample-config-s1")
+    assert _parsed_recipe(["data", "--user-dir", str(USER_DIR), *cli_flags(measured.flags)])[0] == study
