@@ -6,6 +6,7 @@ import torch
 import one_layer_lottery  # noqa: F401  (registers the model, as common.user_dir does)
 import one_layer_lottery.paper_batch  # noqa: F401  (registers the WMT configs' resolvers, as their Hydra callback does)
 from conftest import ROOT, USER_DIR, run_cli
+from one_layer_lottery.model_files import load_checkpoint_state
 from one_layer_lottery.models.one_layer_transformer.embedding_file import write_embeddings
 
 CONFIGS = ROOT / "configs"
@@ -197,7 +198,7 @@ def test_a_paper_config_trains_with_fairseq_hydra_train(sample_bin, tmp_path, mo
                    "optimization.max_update=1", "dataset.max_tokens=2000", "dataset.num_workers=0",
                    f"checkpoint.save_dir={tmp_path / 'ckpt'}", f"hydra.run.dir={tmp_path / 'hydra'}")
     assert "| bleu " in proc.stdout + proc.stderr
-    state = torch.load(tmp_path / "ckpt" / "checkpoint_best.pt", map_location="cpu", weights_only=True)
+    state = load_checkpoint_state(tmp_path / "ckpt" / "checkpoint_best.pt")
     assert state["cfg"]["model"]["encoder_embed_path"] == str(tmp_path / "emb.de")
     weight = state["model"]["encoder.embed_tokens.random.weight"]
     not_pad = torch.arange(len(rows["de"])) != 1
@@ -217,7 +218,7 @@ def test_a_wmt_config_trains_with_fairseq_hydra_train(sample_bin, tmp_path):
                    "model.encoder_attention_heads=4", "model.decoder_attention_heads=4",
                    "optimization.max_update=1", "dataset.num_workers=0",
                    f"checkpoint.save_dir={tmp_path / 'ckpt'}", f"hydra.run.dir={tmp_path / 'hydra'}")
-    state = torch.load(tmp_path / "ckpt" / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    state = load_checkpoint_state(tmp_path / "ckpt" / "checkpoint_last.pt")
     cfg = state["cfg"]
     world = max(1, torch.cuda.device_count())
     assert cfg["distributed_training"]["distributed_world_size"] == world
