@@ -157,6 +157,7 @@ def test_refuses_inputs_of_different_runs_and_keeps_the_old_output(run_dir, tmp_
     (),
     ("--share-mask", "layer_mask", "--mask-layernorm-type", "normal_layernorm", "--need-bias"),
     ("--share-mask", "none", "--mask-layernorm-type", "frozen_layernorm", "--embed-no-mask"),
+    ("--learned-gains", "--mask-coats", 2, "--rerand-interval", 5),
 ])
 def test_frozen_keys_are_exactly_the_parameters_that_are_not_trained(sample_bin, flags):
     model, _, cfg = build(sample_bin, *SMALL, *flags)

@@ -385,8 +385,10 @@ def test_the_round_trip_detector_sees_the_host_selection_path():
     assert trips.found and all("selection.py" in t for t in trips.found)
 
 
-def test_a_masked_training_step_makes_no_host_round_trip(sample_bin, accelerator_selection):
-    flags = ("--share-decoder-input-output-embed", "--dropout", "0.1", "--mask-log-interval", "100")
+@pytest.mark.parametrize("methods", [(), ("--mask-coats", 3, "--learned-gains", "--rerand-interval", 10)],
+                         ids=["plain", "coats_gains_rerand"])
+def test_a_masked_training_step_makes_no_host_round_trip(sample_bin, accelerator_selection, methods):
+    flags = ("--share-decoder-input-output-embed", "--dropout", "0.1", "--mask-log-interval", "100", *methods)
     trainer, _ = train_in_process(sample_bin, *SMALL, *flags, updates=2)  # the mask monitor's reference is taken
     sample = next(iter(trainer.get_train_iterator(epoch=1).next_epoch_itr(shuffle=False)))
     with HostRoundTrips() as trips:

@@ -174,3 +174,29 @@ def test_resumed_rerand_run_equals_the_uninterrupted_run(sample_bin, tmp_path):
     # The second round changed weights the first left alone: both rounds really ran.
     key = "encoder.layers.0.fc1.random.weight"
     assert not torch.equal(a[key], halfway[key])
+
+
+def test_mask_statistics_count_coats_values_and_gains(sample_bin):
+    from one_layer_lottery.models.one_layer_transformer.mask_stats import is_detail, model_mask_stats
+
+    model, _, _ = build(sample_bin, *SMALL, "--mask-coats", 3, "--learned-gains")
+    like_trained(model, seed=3)
+    scalars, values = model_mask_stats(model)
+    fc1 = model.encoder.layers[1].fc1
+    layer = [m for n, m in model.named_modules() if n.startswith("encoder.layers.1.") and isinstance(m, MaskedWeight)]
+    numel = sum(m.score_tensor.numel() for m in layer)
+    assert scalars["mask_kept/encoder.1"] == sum(int((m.mask_values() > 0).sum()) for m in layer) / numel == 0.5
+    assert scalars["mask_value/encoder.1"] == pytest.approx(sum(float(m.mask_values().sum()) for m in layer) / numel)
+    assert scalars["mask_gain/encoder.1"] == pytest.approx(sum(float(m.gains.sum()) for m in layer)
+                                                           / sum(m.gains.numel() for m in layer))
+    assert {"mask_value", "mask_gain"} <= scalars.keys() and is_detail("mask_value/encoder.1")
+    # The weight with the top score drops to the edge of the outermost coat: its value changes (a flip),
+    # the kept fraction does not.
+    with torch.no_grad():
+        scores = fc1.scores.view(-1)
+        top = scores.abs().argmax()
+        scores[top] = scores.abs().median() * scores[top].sign() * 1.0001
+    after, _ = model_mask_stats(model, values)
+    assert after["mask_kept/encoder.1"] == 0.5 and after["mask_flipped/encoder.1"] > 0
+    plain, _, _ = build(sample_bin, *SMALL)
+    assert not any(k.startswith(("mask_value", "mask_gain")) for k in model_mask_stats(plain)[0])

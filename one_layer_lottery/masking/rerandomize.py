@@ -101,6 +101,7 @@ class Rerandomizer(nn.Module):
         self.schedule = schedule
         self.groups = list(groups)  # plain references: the modules are registered by the model
         self.due = 0
+        self.done = 0  # ``rounds`` as a Python int (reading the buffer on an accelerator would sync)
         if schedule.interval > 0:
             self.register_buffer("rounds", torch.zeros((), dtype=torch.int64))
 
@@ -109,17 +110,26 @@ class Rerandomizer(nn.Module):
 
     def catch_up(self) -> int:
         """Apply the rounds that are due; returns how many weights were redrawn."""
-        if self.schedule.interval == 0 or int(self.rounds) >= self.due:
+        if self.schedule.interval == 0:
+            return 0
+        if self.done is None:  # a state was loaded since
+            self.done = int(self.rounds)
+        if self.done >= self.due:
             return 0
         redrawn = 0
-        for round_ in range(int(self.rounds) + 1, self.due + 1):
+        for round_ in range(self.done + 1, self.due + 1):
             for random, layers in self.groups:
                 kept = torch.zeros(random.weight.shape, dtype=torch.bool, device=random.weight.device)
                 for layer in layers:
                     kept |= layer.mask()
                 redrawn += redraw_removed(random, kept, self.schedule.fraction, round_)
         self.rounds.fill_(self.due)
+        self.done = self.due
         return redrawn
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.done = None
+        return super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self):
         return f"interval={self.schedule.interval}, fraction={self.schedule.fraction}, weights={len(self.groups)}"

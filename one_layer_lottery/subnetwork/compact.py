@@ -1,15 +1,16 @@
 """Compact subnetwork files: the seed, the init recipe and one bit per weight per virtual layer.
 
-A found subnetwork is fully described by the random seed, the init recipe, its masks and the
-few tensors that were trained or read from a file (LayerNorm affine parameters, trained biases,
-pre-trained embeddings). This module writes exactly that for a model, and builds the model of a
-file again (the format: file_format.py).
+A found subnetwork is fully described by the random seed, the init recipe, its masks (a level per
+weight with several coats), the IteRand round each redrawn weight holds (redraws.py) and the few
+tensors that were trained or read from a file (LayerNorm affine parameters, trained biases, learned
+gains, pre-trained embeddings). This module writes exactly that for a model, and builds the model of
+a file again (the format: file_format.py).
 
 Loading bounds what the stored config would allocate, rebuilds the model on CPU from it (the
 random weights are regenerated from the seed), checks that the file lists exactly that model's
 tensors, checks the regenerated weights' sha256 against the file (a torch that draws other random
-numbers is refused), sets every score so that the model's mask is the stored one, and checks
-that it is, bit for bit.
+numbers is refused), draws the redrawn weights again, sets every score so that the model's mask is
+the stored one, and checks that it is, bit for bit.
 """
 import os
 import sys
