@@ -3,7 +3,10 @@
 Coat 1 keeps what ``--prune-ratio`` keeps (k weights); coat c keeps the k (C - c + 1) / C weights
 with the largest scores, so each coat lies inside the previous one. A weight's level is the
 number of coats that keep it (0 to C) and its mask value is level / C: the kept weights are split
-into C equal groups by score, valued 1/C, 2/C, ..., 1. With C = 1 this is the plain mask.
+into C equal groups by score, valued 1/C, 2/C, ..., 1. With C = 1 this is the plain mask. (The
+paper's own configurations make the inner coats sparser than an even split, e.g. sparsities 0.7,
+0.921 and 0.969 for three coats, and sum the coats unnormalised; the even split and the share keep
+one parameter, --prune-ratio, and weights no larger than the random ones.)
 
 Pure PyTorch, no autograd (the straight-through estimator lives in ``modules.py``).
 """
