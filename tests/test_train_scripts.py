@@ -12,10 +12,11 @@ import torch
 
 import stub_venv
 from conftest import ROOT, build, run_cli, run_script
-from one_layer_lottery.model_files import InputFileError
 from one_layer_lottery import paper_batch
 from one_layer_lottery.checkpoints.dump_embeddings import DumpError, dump_embeddings
 from one_layer_lottery.checkpoints.dump_embeddings import main as dump_main
+from one_layer_lottery.fairseq_patches import loading_fairseq_checkpoints
+from one_layer_lottery.model_files import InputFileError
 
 # Tiny models trained on the 300 test pairs (a fast epoch; validating on the training subset would share
 # fairseq's cached epoch iterator): the recipes' plumbing, not their results.
@@ -30,7 +31,8 @@ CPU = {"ALLOW_CPU": "1"}
 
 
 def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
+    with loading_fairseq_checkpoints():  # a dense model's checkpoint holds an argparse.Namespace
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def lines(path):
