@@ -32,7 +32,8 @@ def state():
         "PathManager.copy": PathManager.__dict__["copy"],
         "BaseProgressBar._format_stats": progress_bar.BaseProgressBar.__dict__["_format_stats"],
         "JsonProgressBar._format_stats": progress_bar.JsonProgressBar.__dict__["_format_stats"],
-        "torch safe globals": list(torch.serialization.get_safe_globals()),
+        # torch keeps them in a set: their order means nothing and changes when the set is rebuilt.
+        "torch safe globals": set(torch.serialization.get_safe_globals()),
         "logger levels": dict(loggers, root=logging.getLogger().level),
     }}
 
