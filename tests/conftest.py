@@ -127,3 +127,16 @@ def trained_sample_generate(trained_sample):
     """fairseq-generate's stdout for trained_sample's checkpoint (test set, beam 5, --user-dir)."""
     return run_cli("fairseq-generate", trained_sample.data, "--user-dir", USER_DIR,
                    "--path", trained_sample.checkpoint, *GENERATE).stdout
+
+
+@pytest.fixture(scope="session")
+def trained_transformer(sample_bin, tmp_path_factory):
+    """fairseq's own `transformer` (no plugin), tiny, trained 2 updates on the sample test split by
+    fairseq-train, saved after each: (checkpoint_1_1.pt, checkpoint_1_2.pt), two checkpoints of one run."""
+    save = tmp_path_factory.mktemp("trained-transformer")
+    run_cli("fairseq-train", sample_bin, "--arch", "transformer", "--encoder-embed-dim", 16, "--decoder-embed-dim", 16,
+            "--encoder-ffn-embed-dim", 32, "--decoder-ffn-embed-dim", 32, "--encoder-layers", 1, "--decoder-layers", 1,
+            "--encoder-attention-heads", 2, "--decoder-attention-heads", 2, "--optimizer", "adam", "--lr", 1e-3,
+            "--max-tokens", 1000, "--train-subset", "test", "--max-update", 2, "--save-interval-updates", 1,
+            "--no-epoch-checkpoints", "--save-dir", save, "--num-workers", 0)
+    return save / "checkpoint_1_1.pt", save / "checkpoint_1_2.pt"
