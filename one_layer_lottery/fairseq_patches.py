@@ -9,10 +9,15 @@ the run:
 - ``sys.excepthook``: an option or file error of this plugin (``ToolError``) that ends the program
   is printed as one line, ``<program>: error: <message>``, with exit status 2, as argparse does for
   a usage error; fairseq's command lines give a plugin no place to catch it. Any other error goes to
-  the previous hook.
+  the previous hook. Under fairseq-hydra-train, Hydra catches the job's error before that hook would
+  see it; the failed job's ``ToolError`` ends the program in the same way.
 - ``fairseq.file_io.PathManager.copy``: local copies are atomic (temporary file, fsync, rename).
   fairseq copies each save to ``checkpoint_last.pt`` and its other names with a plain copy, which
   a kill leaves truncated, and the next run resumes from that file. Remote paths keep fairseq's copy.
+- ``fairseq.checkpoint_utils.load_model_ensemble_and_task`` (``--path`` of fairseq-generate,
+  fairseq-interactive, fairseq-validate, ...): each model file is checked before fairseq opens it
+  (``check_model_file``, from model_files.py), so a missing, empty, truncated or directory path, or
+  a compact subnetwork file, is one line naming it instead of a traceback.
 - torch's ``weights_only`` allow-list: the few non-tensor types fairseq checkpoints hold
   (``argparse.Namespace`` in old ones, numpy scalars) load under torch's default
   ``weights_only=True``, so that fairseq-train resumes and fairseq-generate decodes them. Nothing
@@ -116,19 +121,42 @@ def _program_name() -> str:
     return os.path.basename(sys.argv[0]) or "fairseq"
 
 
+def _end_with_usage_error(error: ToolError):
+    print_error(_program_name(), error)
+    os._exit(USAGE_ERROR)  # the process was ending anyway; this sets argparse's status for a usage error
+
+
 def _report_tool_errors():
     previous = sys.excepthook
 
     def hook(kind, value, traceback):
         if not issubclass(kind, ToolError) or debugging():
             return previous(kind, value, traceback)
-        print_error(_program_name(), value)
-        os._exit(USAGE_ERROR)  # the process was ending anyway; this sets argparse's status for a usage error
+        _end_with_usage_error(value)
 
     sys.excepthook = hook
 
     def undo():
         sys.excepthook = previous
+
+    return undo
+
+
+def _report_tool_errors_of_hydra_jobs():
+    from hydra.core.utils import JobReturn, JobStatus
+
+    hydra_property = JobReturn.__dict__["return_value"]
+
+    def return_value(job):  # Hydra reads a job's result here, and re-raises the job's error
+        error = job._return_value
+        if job.status == JobStatus.FAILED and isinstance(error, ToolError) and not debugging():
+            _end_with_usage_error(error)
+        return hydra_property.fget(job)
+
+    JobReturn.return_value = property(return_value, hydra_property.fset)
+
+    def undo():
+        JobReturn.return_value = hydra_property
 
     return undo
 
@@ -145,7 +173,7 @@ def _atomic_checkpoint_copies():
         if not overwrite and os.path.exists(dst_path):
             logger.error(f"not copying {src_path} to {dst_path}: the destination exists")
             return False
-        with atomic_output(dst_path) as tmp:
+        with atomic_output(dst_path, inputs=[src_path]) as tmp:
             shutil.copyfile(src_path, tmp)
         return True
 
@@ -153,6 +181,28 @@ def _atomic_checkpoint_copies():
 
     def undo():
         PathManager.copy = fairseq_copy
+
+    return undo
+
+
+def _checked_model_files(check_model_file):
+    from fairseq import checkpoint_utils
+    from fairseq.file_io import PathManager
+
+    fairseq_load = checkpoint_utils.load_model_ensemble_and_task
+
+    def load_checked(filenames, arg_overrides=None, task=None, strict=True, suffix="", num_shards=1, state=None):
+        if state is None and num_shards == 1:  # sharded checkpoints: fairseq's own checks
+            for filename in filenames:
+                path = checkpoint_utils.get_maybe_sharded_checkpoint_filename(filename, suffix, 0, num_shards)
+                if not PathManager.path_requires_pathmanager(path):
+                    check_model_file(path)
+        return fairseq_load(filenames, arg_overrides, task, strict, suffix, num_shards, state)
+
+    checkpoint_utils.load_model_ensemble_and_task = load_checked
+
+    def undo():
+        checkpoint_utils.load_model_ensemble_and_task = fairseq_load
 
     return undo
 
@@ -196,14 +246,18 @@ def _summary_in_log_lines():
     return undo
 
 
-_PATCHES = (_report_tool_errors, _atomic_checkpoint_copies, _allow_fairseq_checkpoint_types, _summary_in_log_lines)
+_PATCHES = (_report_tool_errors, _report_tool_errors_of_hydra_jobs, _atomic_checkpoint_copies,
+            _allow_fairseq_checkpoint_types, _summary_in_log_lines)
 _undo = []  # one function per applied patch, in the order applied
 
 
-def patch_fairseq_cli() -> None:
-    """Apply every patch listed above, once per process."""
+def patch_fairseq_cli(check_model_file=None) -> None:
+    """Apply every patch listed above, once per process; the model files fairseq loads are checked when
+    ``check_model_file(path)`` (which raises a ToolError) is given."""
     if not _undo:
         _undo.extend(patch() for patch in _PATCHES)
+        if check_model_file is not None:
+            _undo.append(_checked_model_files(check_model_file))
 
 
 def undo_fairseq_cli_patches() -> None:

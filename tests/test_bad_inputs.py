@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, USER_DIR, run_cli
+from conftest import ROOT, SMALL, USER_DIR, run_cli, train_in_process
 from one_layer_lottery import analyze, average_checkpoints, curves, export
 from one_layer_lottery.checkpoints import dump_embeddings
 from one_layer_lottery.study import __main__ as study
@@ -158,6 +158,9 @@ OPTION_CASES = {
                                                                           "joined dictionary"),
     "missing embedding file": (("--encoder-embed-path", "/nonexistent/emb.txt"),
                                "--encoder-embed-path /nonexistent/emb.txt: cannot open the embedding file"),
+    # found at the first update, after the data is loaded: still before anything is trained or written
+    "threshold no score passes": (("--prune-method", "threshold", "--mask-threshold", 5),
+                                  "--prune-method threshold --mask-threshold 5.0 keeps no weight of encoder."),
 }
 
 
@@ -188,3 +191,104 @@ def test_fairseq_generate_names_a_checkpoint_of_other_options(trained_sample):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert last.startswith("fairseq-generate: error: the checkpoint does not match this one_layer_transformer")
     assert "--prune-ratio: the checkpoint's is 0.5, this model's is 0.3" in last
+
+
+# -- option values, as fairseq-train parses them: each refused before any training, naming the flag --
+NAN, INF = "nan", "inf"
+VALUE_CASES = [
+    (("--mask-init", "constant", "--mask-constant", NAN), "--mask-constant must be a finite number, got nan"),
+    (("--mask-constant=-inf",), "--mask-constant must be a finite number, got -inf"),
+    (("--prune-method", "threshold", "--mask-threshold", NAN), "--mask-threshold must be a finite number, got nan"),
+    (("--prune-method", "threshold", "--mask-threshold", INF), "--mask-threshold must be a finite number, got inf"),
+    (("--mask-threshold=-inf",), "--mask-threshold must be a finite number, got -inf"),
+    (("--prune-method", "sigmoid_threshold", "--mask-threshold", 1), "--mask-threshold 1.0 keeps no weight under "
+                                                                      "--prune-method sigmoid_threshold"),
+    (("--prune-method", "sigmoid_threshold"), "--mask-threshold 0.0 keeps every weight under --prune-method "
+                                              "sigmoid_threshold"),
+    *[(("--prune-ratio", v), f"--prune-ratio must be strictly between 0 and 1 (the fraction of weights REMOVED), "
+                             f"got {float(v)}") for v in (NAN, INF, 0, 1, -0.5)],
+    *[(("--mask-coats", v), f"--mask-coats must be an integer from 1 to 32, got {v}") for v in (0, 33, -1)],
+    (("--rerand-interval", -1), "--rerand-interval must be a non-negative integer (0: off), got -1"),
+    *[(("--rerand-fraction", v), f"--rerand-fraction must be a number in (0, 1], got {float(v)}")
+      for v in (NAN, INF, 0, 1.5)],
+    *[(("--qk-init-scale", v), f"--qk-init-scale must be a finite number above 0, got {float(v)}")
+      for v in (NAN, INF, 0, -1)],
+    *[((f"--{name}", v), f"--{name} must be a probability in [0, 1), got {float(v)}")
+      for name in ("dropout", "attention-dropout", "activation-dropout") for v in (NAN, 1, -0.1)],
+    (("--encoder-embed-dim", 0), "--encoder-embed-dim must be a positive integer, got 0"),
+    (("--decoder-ffn-embed-dim", -3), "--decoder-ffn-embed-dim must be a positive integer, got -3"),
+    (("--encoder-layers", -1), "--encoder-layers must be a non-negative integer, got -1"),
+    (("--decoder-attention-heads", 5), "--decoder-embed-dim 32 must be a multiple of --decoder-attention-heads 5"),
+    (("--mask-log-interval", -2), "--mask-log-interval must be a non-negative integer, got -2"),
+]
+
+
+@pytest.fixture(scope="module")
+def build_from_flags(sample_bin):
+    """The model of fairseq-train's parsed command line (SMALL shape plus ``flags``), built in process."""
+    from types import SimpleNamespace
+
+    from fairseq import options
+    from fairseq.data import Dictionary
+    from one_layer_lottery.models.one_layer_transformer.model import OneLayerTransformerModel
+
+    task = SimpleNamespace(source_dictionary=Dictionary.load(str(sample_bin / "dict.de.txt")),
+                           target_dictionary=Dictionary.load(str(sample_bin / "dict.en.txt")))
+
+    def build_model(*flags):
+        args = options.parse_args_and_arch(options.get_training_parser(), [
+            str(sample_bin), "--user-dir", USER_DIR, "--arch", "one_layer_transformer_iwslt_de_en",
+            *map(str, (*SMALL, *flags))])
+        return OneLayerTransformerModel.build_model(args, task)
+
+    return build_model
+
+
+@pytest.mark.parametrize("flags,message", VALUE_CASES, ids=[" ".join(map(str, f)) for f, _ in VALUE_CASES])
+def test_a_bad_option_value_is_refused_naming_the_flag(flags, message, build_from_flags):
+    from one_layer_lottery.models.one_layer_transformer.options import OptionError
+
+    with pytest.raises(OptionError) as error:
+        build_from_flags(*flags)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value), str(error.value)
+
+
+def test_the_value_checks_let_good_values_through(build_from_flags):
+    """The control: values at the edges of each range build."""
+    model = build_from_flags("--prune-ratio", 0.01, "--mask-coats", 32, "--rerand-interval", 0, "--rerand-fraction", 1,
+                             "--qk-init-scale", 1e-3, "--dropout", 0, "--mask-constant", -2.5, "--encoder-layers", 0,
+                             "--mask-log-interval", 0)
+    assert len(model.encoder.layers) == 0
+    build_from_flags("--prune-method", "sigmoid_threshold", "--mask-threshold", 0.999)
+
+
+def test_learned_gains_takes_no_value(build_from_flags, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_from_flags("--learned-gains", NAN)
+    assert exit_.value.code == 2 and "unrecognized arguments: nan" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [("--mask-threshold", 0.3), ("--mask-init", "constant", "--mask-constant", 0)],
+                         ids=["above every score", "constant scores on the threshold"])
+def test_a_threshold_that_keeps_no_weight_is_refused_before_the_first_update(flags, sample_bin):
+    """The scores of SMALL's matrices start within +-1/sqrt(32) (0.18): no weight passes 0.3, nor a
+    constant 0 the default threshold 0. Refused by the first training step, before it updates."""
+    from one_layer_lottery.models.one_layer_transformer.options import OptionError
+
+    with pytest.raises(OptionError, match=r"--prune-method threshold --mask-threshold 0\.[03] keeps no weight of "
+                                          r"encoder\.embed_tokens: its scores are between"):
+        train_in_process(sample_bin, *SMALL, "--prune-method", "threshold", *flags, updates=1)
+    trainer, _ = train_in_process(sample_bin, *SMALL, "--prune-method", "threshold", "--mask-threshold", 0.1,
+                                  updates=1)  # the control: some scores pass 0.1
+    assert trainer.get_num_updates() == 1
+
+
+def test_fairseq_hydra_train_reports_a_bad_value_in_one_line(sample_bin, tmp_path):
+    """The YAML path: configs/sample.yaml with a bad override, through the real command line."""
+    proc = run_cli("fairseq-hydra-train", "--config-dir", ROOT / "configs", "--config-name", "sample",
+                   f"task.data={sample_bin}", f"common.user_dir={USER_DIR}", "model.prune_ratio=nan",
+                   f"checkpoint.save_dir={tmp_path / 'ckpt'}", f"hydra.run.dir={tmp_path / 'hydra'}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == ("fairseq-hydra-train: error: --prune-ratio must be strictly "
+                                                    "between 0 and 1 (the fraction of weights REMOVED), got nan")
+    assert "Error executing job" not in proc.stderr and not list((tmp_path / "ckpt").iterdir())

@@ -23,12 +23,14 @@ import json, logging, sys
 import torch
 from fairseq.file_io import PathManager
 from fairseq.logging import progress_bar
+from hydra.core.utils import JobReturn
 
 def state():
     loggers = {{name: logger.level for name, logger in logging.Logger.manager.loggerDict.items()
                if isinstance(logger, logging.Logger)}}
     return {{
         "sys.excepthook": sys.excepthook,
+        "JobReturn.return_value": JobReturn.__dict__["return_value"],
         "PathManager.copy": PathManager.__dict__["copy"],
         "BaseProgressBar._format_stats": progress_bar.BaseProgressBar.__dict__["_format_stats"],
         "JsonProgressBar._format_stats": progress_bar.JsonProgressBar.__dict__["_format_stats"],
@@ -54,7 +56,7 @@ print(json.dumps({{"changed": patched, "after_undo": changed(before, state()),
                   "registered": "one_layer_transformer" in MODEL_REGISTRY
                   and "one_layer_transformer_iwslt_de_en" in ARCH_MODEL_REGISTRY}}))
 '''
-FAIRSEQ_CLI_PATCHES = ["sys.excepthook", "PathManager.copy", "BaseProgressBar._format_stats",
+FAIRSEQ_CLI_PATCHES = ["sys.excepthook", "JobReturn.return_value", "PathManager.copy", "BaseProgressBar._format_stats",
                        "JsonProgressBar._format_stats", "torch safe globals"]
 
 

@@ -12,6 +12,7 @@ from one_layer_lottery import export
 from one_layer_lottery.masking import MaskedWeight
 from one_layer_lottery.masking.coats import level_bits
 from one_layer_lottery.masking.rerandomize import redraw_values, weight_generations
+from one_layer_lottery.model_files import load_checkpoint_state
 from one_layer_lottery.subnetwork import compact, file_format, file_reader
 from one_layer_lottery.subnetwork.dense import dense_checkpoint
 from test_compact import first_batch, forward, like_trained
@@ -206,7 +207,7 @@ def test_checkpoint_compact_file_and_dense_export_decode_the_same(sample_bin, tm
     for statistic in ("mask_kept=0.5,", "mask_value=0.3333,", "mask_gain="):  # value: (1/3 + 2/3 + 1) / 6
         assert statistic in line, line
     checkpoint = save / "checkpoint_last.pt"
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+    state = load_checkpoint_state(checkpoint)["model"]
     assert int(state["rerandomizer.rounds"]) == 2  # before updates 11 and 21
 
     compact_file, expanded, dense = tmp_path / "sub.olls", tmp_path / "expanded.pt", tmp_path / "dense.pt"

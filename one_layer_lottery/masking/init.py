@@ -191,6 +191,9 @@ class ScoreInit:
     def __post_init__(self):
         if self.method not in MASK_INITS:
             raise ValueError(f"--mask-init must be one of {', '.join(MASK_INITS)}, got {self.method!r}")
+        c = self.constant
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
+            raise ValueError(f"--mask-constant must be a finite number, got {c!r}")
 
     def sample(self, shape: Tuple[int, ...], seed: int, name: str) -> torch.Tensor:
         shape = tuple(int(s) for s in shape)

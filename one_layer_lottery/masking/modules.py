@@ -16,7 +16,7 @@ from torch import nn
 
 from .coats import check_coats, mask_levels
 from .init import WeightInit
-from .selection import check_prune_method, check_prune_ratio, select_mask
+from .selection import check_prune_method, check_prune_ratio, check_threshold, select_mask
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class MaskConfig:
         check_prune_method(self.method)
         check_prune_ratio(self.prune_ratio)
         check_coats(self.coats, self.method)
+        check_threshold(self.method, self.threshold)
 
     @property
     def keep_fraction(self) -> float:

@@ -29,6 +29,17 @@ def check_prune_ratio(prune_ratio: float) -> None:
         )
 
 
+def check_threshold(method: str, threshold: float) -> None:
+    """``--mask-threshold`` is finite and, for sigmoid_threshold, strictly between 0 and 1: outside
+    that range sigmoid(score) passes it for no weight, or for every weight, whatever the scores."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise ValueError(f"--mask-threshold must be a finite number, got {threshold!r}")
+    if method == "sigmoid_threshold" and not 0.0 < threshold < 1.0:
+        keeps = "no weight" if threshold >= 1.0 else "every weight"
+        raise ValueError(f"--mask-threshold {threshold!r} keeps {keeps} under --prune-method sigmoid_threshold "
+                         f"(sigmoid(score) is between 0 and 1): use a value strictly between 0 and 1")
+
+
 def check_prune_method(method: str) -> None:
     if method not in PRUNE_METHODS:
         raise ValueError(

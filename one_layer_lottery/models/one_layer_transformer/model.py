@@ -10,13 +10,15 @@ from fairseq.utils import safe_getattr
 
 from ...masking import MaskedWeight
 from ...masking.rerandomize import Rerandomizer
+from ...masking.selection import TOPK_METHODS
 from .embedding_file import read_embeddings
 from .checkpoint_options import checked_state_dict, record_tensor, recorded_options
 from .config import ARCHITECTURES, OneLayerTransformerConfig
 from .layers import OneLayerTransformerDecoder, OneLayerTransformerEncoder, build_masked_embedding
 from .mask_logging import MaskMonitor
-from .options import OptionError, resolve_options, validated_log_interval, validated_mask_options
-from .state_keys import parse_module_path
+from .options import (OptionError, check_transformer_options, resolve_options, validated_log_interval,
+                      validated_mask_options)
+from .state_keys import is_scores, module_of, parse_module_path
 
 logger = logging.getLogger(__name__)
 MODEL_NAME = "one_layer_transformer"
@@ -36,6 +38,7 @@ class OneLayerTransformerModel(TransformerModelBase):
         args = resolve_options(cfg)
         opts = validated_mask_options(args)
         log_interval = validated_log_interval(args)
+        check_transformer_options(args)
         flat = vars(args).copy()
         flat.update(decoder_input_dim=args.decoder_embed_dim, decoder_output_dim=args.decoder_embed_dim,
                     tpu=False)
@@ -58,6 +61,7 @@ class OneLayerTransformerModel(TransformerModelBase):
         decoder = OneLayerTransformerDecoder(tcfg, tgt_dict, dec_emb, opts)
         model = cls(tcfg, encoder, decoder)
         model.mask_options = opts
+        model.masks_checked = False
         model.recorded_options = recorded_options(args)
         model.mask_monitor = MaskMonitor(log_interval)
         model.rerandomizer = Rerandomizer(opts.rerand, layer_weight_groups(model))
@@ -78,6 +82,9 @@ class OneLayerTransformerModel(TransformerModelBase):
     def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
         if self.training:  # the IteRand rounds due since the last update (none when it is off)
             self.rerandomizer.catch_up()
+            if not self.masks_checked:  # once, before the first update trains
+                check_every_mask_keeps_a_weight(self)
+                self.masks_checked = True
         # A shared embedding is used up to three times per step; mask it once.
         with contextlib.ExitStack() as stack:
             for emb in {id(e): e for e in (self.encoder.embed_tokens, self.decoder.embed_tokens)}.values():
@@ -100,6 +107,25 @@ class OneLayerTransformerModel(TransformerModelBase):
         monitor = getattr(self, "mask_monitor", None)
         if monitor is not None and self.training:
             monitor.step(self, num_updates)
+
+
+def check_every_mask_keeps_a_weight(model) -> None:
+    """Refuses a threshold that no score of some matrix passes: that matrix would train as zeros.
+    (A top-k mask keeps at least one weight by construction.)"""
+    mask = model.mask_options.mask
+    if mask.method in TOPK_METHODS:
+        return
+    for name, scores in model.named_parameters():
+        if not is_scores(name):
+            continue
+        kept = mask.kept(scores.detach())
+        per_matrix = kept.reshape(kept.shape[0], -1) if kept.dim() >= 3 else kept.reshape(1, -1)
+        if not bool(per_matrix.any(dim=1).all()):
+            low, high = float(scores.min()), float(scores.max())
+            raise OptionError(
+                f"--prune-method {mask.method} --mask-threshold {mask.threshold} keeps no weight of "
+                f"{module_of(name)}: its scores are between {low:.4g} and {high:.4g} (--mask-init "
+                f"{model.mask_options.score_init.method}); choose a threshold that some of them pass")
 
 
 def layer_weight_groups(model):

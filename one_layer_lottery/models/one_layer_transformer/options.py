@@ -75,10 +75,29 @@ def _mask_options(args: argparse.Namespace) -> MaskOptions:
 
 def validated_log_interval(args: argparse.Namespace) -> int:
     """``--mask-log-interval``: updates between two computations of the mask statistics (0: never)."""
-    interval = args.mask_log_interval
-    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
-        raise OptionError(f"--mask-log-interval must be a non-negative integer, got {interval!r}")
-    return interval
+    return _checked_int("--mask-log-interval", args.mask_log_interval, 0)
+
+
+def check_transformer_options(args: argparse.Namespace) -> None:
+    """The Transformer's own options of resolved ``args`` (fairseq's flags: dropouts, dimensions,
+    heads, layers); raises OptionError naming the flag of a bad one."""
+    for name in ("dropout", "attention_dropout", "activation_dropout"):
+        p = getattr(args, name)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise OptionError(f"--{name.replace('_', '-')} must be a probability in [0, 1), got {p!r}")
+    for side in ("encoder", "decoder"):
+        dim = _checked_int(f"--{side}-embed-dim", getattr(args, f"{side}_embed_dim"), 1)
+        _checked_int(f"--{side}-ffn-embed-dim", getattr(args, f"{side}_ffn_embed_dim"), 1)
+        _checked_int(f"--{side}-layers", getattr(args, f"{side}_layers"), 0)
+        heads = _checked_int(f"--{side}-attention-heads", getattr(args, f"{side}_attention_heads"), 1)
+        if dim % heads:
+            raise OptionError(f"--{side}-embed-dim {dim} must be a multiple of --{side}-attention-heads {heads}")
+
+
+def _checked_int(flag, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise OptionError(f"{flag} must be a {'non-negative' if minimum == 0 else 'positive'} integer, got {value!r}")
+    return value
 
 
 def _choice(flag, value, choices):
