@@ -10,4 +10,6 @@ with fairseq_patches.quiet_fairseq_import():
     from . import models  # noqa: F401  (registers one_layer_transformer and its architectures)
 
 if fairseq_patches.running_fairseq_cli():
-    fairseq_patches.patch_fairseq_cli()
+    from .model_files import check_checkpoint_file
+
+    fairseq_patches.patch_fairseq_cli(check_checkpoint_file)

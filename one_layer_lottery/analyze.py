@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .atomic import atomic_output
+from .atomic import atomic_output, check_output, output_directory
 from .console import quiet_logging, tool_errors
 from .fairseq_checkpoint import config_section
 from .masking import select_mask
@@ -30,7 +30,7 @@ from .models.one_layer_transformer.state_keys import (
     parse_module_path,
     parse_shared_scores,
 )
-from .subnetwork.mask_figures import write_figures
+from .subnetwork.mask_figures import FIGURE_FILES, write_figures
 
 
 def _model_options(model_cfg):
@@ -126,12 +126,14 @@ def mask_report(args, opts, masks: Dict[str, torch.Tensor], source: Optional[str
 def analyze(path: str, out_dir: str) -> Dict[str, str]:
     args, opts, masks = read_masks(path)
     report = mask_report(args, opts, masks, source=os.path.abspath(path))
-    os.makedirs(out_dir, exist_ok=True)
+    output_directory(out_dir)
     json_path = os.path.join(out_dir, "mask_stats.json")
-    with atomic_output(json_path) as tmp:
+    for out in (json_path, *(os.path.join(out_dir, name) for name in FIGURE_FILES.values())):
+        check_output(out, [path])  # none is written unless all can be
+    with atomic_output(json_path, inputs=[path]) as tmp:
         with open(tmp, "w") as f:
             json.dump(report, f, indent=1)
-    paths = write_figures(report, out_dir)
+    paths = write_figures(report, out_dir, inputs=[path])
     paths["json"] = json_path
     return paths
 

@@ -25,8 +25,8 @@ import warnings
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 import torch  # noqa: E402  (after the variable above)
 
-from .atomic import atomic_output  # noqa: E402
-from .console import quiet_logging  # noqa: E402
+from .atomic import atomic_output, check_output  # noqa: E402
+from .console import quiet_logging, tool_errors  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SRC_VOCAB, TGT_VOCAB = 8848, 6632  # IWSLT14 de-en dictionaries (fairseq recipe)
@@ -305,6 +305,9 @@ def main(argv=None):
         check_args(args)
     except ValueError as e:
         parser.error(str(e))
+    if args.json:
+        with tool_errors("bench"):
+            check_output(args.json)  # before the minutes of measuring, not after
     r = run(args)
     print(f"arch={r['arch']} device={r['device']} dtype={r['dtype']} max_tokens={r['max_tokens']} "
           f"threads={r['threads']}" + (f" gpu={r['gpu']}" if "gpu" in r else ""))
@@ -320,7 +323,7 @@ def main(argv=None):
               f"({p['masked'] / 2**20:.0f} MiB / {p['dense'] / 2**20:.0f} MiB; the models themselves: "
               f"{mb['masked'] / 2**20:.0f} MiB / {mb['dense'] / 2**20:.0f} MiB)")
     if args.json:
-        with atomic_output(args.json) as tmp, open(tmp, "w") as f:
+        with tool_errors("bench"), atomic_output(args.json) as tmp, open(tmp, "w") as f:
             json.dump(r, f, indent=2)
 
 

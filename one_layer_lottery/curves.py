@@ -8,7 +8,7 @@ default), prints one row per run (the metric at every validation), and plots met
 import argparse
 import sys
 
-from .atomic import atomic_output
+from .atomic import atomic_output, check_output
 from .console import quiet_logging, read_text, tool_errors
 from .fairseq_logs import LogError, validation_lines
 
@@ -26,7 +26,7 @@ def read_validations(path, metric="bleu"):
     return points
 
 
-def plot(runs, out_png, metric="bleu", title=None):
+def plot(runs, out_png, metric="bleu", title=None, inputs=()):
     """Write a PNG of metric over updates, one line per run ({name: points})."""
     import matplotlib  # here: reading the logs does not need it (a second to import)
 
@@ -44,7 +44,7 @@ def plot(runs, out_png, metric="bleu", title=None):
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    with atomic_output(out_png) as tmp:
+    with atomic_output(out_png, inputs) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
 
@@ -57,20 +57,23 @@ def main(argv=None):
     parser.add_argument("--metric", default="bleu")
     parser.add_argument("--title")
     args = parser.parse_args(argv)
-    runs = {}
+    logs = {}
     for spec in args.runs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             parser.error(f"run must be NAME=TRAIN_LOG, got {spec!r}")
-        with tool_errors("curves"):
-            runs[name] = read_validations(path, args.metric)
+        logs[name] = path
+    with tool_errors("curves"):
+        check_output(args.out_png, logs.values())  # before the table is printed
+        runs = {name: read_validations(path, args.metric) for name, path in logs.items()}
     updates = sorted({u for points in runs.values() for u, _ in points})
     print("| run | " + " | ".join(str(u) for u in updates) + " |")
     print("|---|" + "---|" * len(updates))
     for name, points in runs.items():
         by_update = dict(points)
         print(f"| {name} | " + " | ".join(f"{by_update[u]:.2f}" if u in by_update else "" for u in updates) + " |")
-    plot(runs, args.out_png, args.metric, args.title)
+    with tool_errors("curves"):
+        plot(runs, args.out_png, args.metric, args.title, inputs=logs.values())
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def export_compact(checkpoint: str, out: str, data: str = None) -> Dict[str, int
     """Write the compact file of ``checkpoint``; returns its size and the model state's size."""
     model, cfg, task, state = load_checkpoint(checkpoint, data)
     source = {"checkpoint": os.path.abspath(checkpoint), "num_updates": updates_done(state)}
-    size = compact.write(out, model, cfg, task, source)
+    size = compact.write(out, model, cfg, task, source, inputs=[checkpoint])
     return {"compact_bytes": size, "model_state_bytes": state_bytes(state["model"]),
             "checkpoint_bytes": os.path.getsize(checkpoint)}
 
@@ -86,19 +86,19 @@ def expand(path: str, out: str, data: str = None) -> None:
     _, cf = open_model_file(path, (COMPACT,))
     model, cfg, task = compact.load_parsed(cf, data)
     updates = (cf.header.get("source") or {}).get("num_updates")
-    _save(decoding_checkpoint(cfg, model.state_dict(), updates, compact_source=os.fspath(path)), out)
+    _save(decoding_checkpoint(cfg, model.state_dict(), updates, compact_source=os.fspath(path)), out, path)
 
 
 def export_dense(source: str, out: str, data: str = None) -> Dict[str, Any]:
     """Write a plain fairseq `transformer` checkpoint of a checkpoint or compact file."""
     model, cfg, task, num_updates = load_any(source, data)
     ckpt, info = dense_checkpoint(model, cfg, task, num_updates)
-    _save(ckpt, out)
+    _save(ckpt, out, source)
     return info
 
 
-def _save(checkpoint: dict, out: str) -> None:
-    with atomic_output(out) as tmp:
+def _save(checkpoint: dict, out: str, source: str) -> None:
+    with atomic_output(out, inputs=[source]) as tmp:
         torch.save(checkpoint, tmp)
 
 

@@ -12,10 +12,13 @@ def config_section(state: dict, section: str) -> dict:
     """``cfg[section]`` of a loaded fairseq checkpoint as a dict (old checkpoints: their ``args``);
     {} when it has neither."""
     cfg = state.get("cfg")
-    if cfg is not None and cfg.get(section) is not None:
-        return dict(cfg[section])
-    args = state.get("args")
-    return vars(args) if args is not None else {}
+    value = cfg.get(section) if cfg is not None else None
+    if value is None:
+        value = state.get("args")
+    if value is None:
+        return {}
+    # fairseq keeps the model section of its own architectures as a Namespace
+    return vars(value) if isinstance(value, argparse.Namespace) else dict(value)
 
 
 def updates_done(state: dict) -> Optional[int]:

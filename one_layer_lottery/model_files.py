@@ -59,7 +59,7 @@ def file_kind(path, accept=(CHECKPOINT, COMPACT)) -> str:
     else:
         raise InputFileError(f"{path}: not {_expected((CHECKPOINT, COMPACT))} (unknown leading bytes {head[:4]!r})")
     if kind not in accept:
-        hint = ("; `python -m one_layer_lottery.export expand` turns a compact file into a checkpoint"
+        hint = (f"; `python -m one_layer_lottery.export expand {path} CHECKPOINT.pt` turns it into one"
                 if kind == COMPACT else "")
         raise InputFileError(f"{path}: is {WHAT[kind]}, but {expected} is expected here{hint}")
     return kind
@@ -87,12 +87,31 @@ def load_checkpoint_state(path) -> dict:
     except pickle.UnpicklingError as e:
         raise InputFileError(f"{path}: {_unpickle_problem(e)}") from None
     except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError, KeyError) as e:
-        detail = _first_line(e) or type(e).__name__
-        raise InputFileError(f"{path}: truncated or corrupt, torch cannot read it ({detail}; expected "
-                             f"{WHAT[CHECKPOINT]})") from None
+        raise _unreadable(path, e) from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise InputFileError(f"{path}: a torch file but not {WHAT[CHECKPOINT]} (no 'model' state)")
     return state
+
+
+def _unreadable(path: str, error: Exception) -> InputFileError:
+    detail = _first_line(error) or type(error).__name__
+    return InputFileError(f"{path}: truncated or corrupt, torch cannot read it ({detail}; expected "
+                          f"{WHAT[CHECKPOINT]})")
+
+
+def check_checkpoint_file(path) -> None:
+    """Raise InputFileError unless ``path`` is a whole fairseq checkpoint file, as far as its first
+    bytes and (current format) its zip directory tell: cheap, nothing is unpickled. fairseq's own
+    command lines run it on every --path (fairseq_patches.py)."""
+    path = os.fspath(path)
+    file_kind(path, (CHECKPOINT,))
+    with open(path, "rb") as f:
+        if f.read(len(_ZIP_MAGIC)) != _ZIP_MAGIC:
+            return  # the legacy format has no directory to check
+    try:
+        zipfile.ZipFile(path).close()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise _unreadable(path, e) from None
 
 
 def _first_line(error: Exception) -> str:

@@ -10,7 +10,8 @@ import argparse
 import os
 import random
 
-from .atomic import atomic_output
+from .atomic import atomic_output, output_directory
+from .console import tool_errors
 
 # (gender, German noun, English noun)
 AGENTS = [
@@ -106,7 +107,7 @@ def generate(seed=2021, sizes=(("train", 4000), ("valid", 300), ("test", 300))):
 
 
 def write(out_dir, seed=2021):
-    os.makedirs(out_dir, exist_ok=True)
+    output_directory(out_dir)
     for split, pairs in generate(seed).items():
         for lang, col in (("de", 0), ("en", 1)):
             with atomic_output(os.path.join(out_dir, f"{split}.{lang}")) as tmp:
@@ -120,7 +121,8 @@ def main():
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=2021)
     args = parser.parse_args()
-    write(args.out_dir, args.seed)
+    with tool_errors("sample_corpus"):
+        write(args.out_dir, args.seed)
 
 
 if __name__ == "__main__":

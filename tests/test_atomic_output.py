@@ -1,21 +1,50 @@
 """The package's one way of writing a file (atomic.py), and the writers that use it."""
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
-from one_layer_lottery import curves, sample_corpus
-from one_layer_lottery.atomic import atomic_output
+from conftest import ROOT
+from one_layer_lottery import atomic, curves, sample_corpus
+from one_layer_lottery.atomic import OutputError, atomic_output, check_output
 
 
 def test_a_complete_write_replaces_the_file(tmp_path):
     path = tmp_path / "out.txt"
     path.write_text("old")
+    os.chmod(path, 0o640)
     with atomic_output(path) as tmp:
-        assert tmp == f"{path}.tmp"
+        assert os.path.dirname(tmp) == str(tmp_path) and tmp != f"{path}.tmp"
         with open(tmp, "w") as f:
             f.write("new")
         assert path.read_text() == "old"  # nobody sees the new bytes before they are complete
     assert path.read_text() == "new" and os.listdir(tmp_path) == ["out.txt"]
+    assert path.stat().st_mode & 0o777 == 0o640  # the replaced file's mode, not the temporary file's 0600
+
+
+def test_a_new_file_gets_the_mode_open_would_give(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        with atomic_output(tmp_path / "new.txt") as tmp:
+            open(tmp, "w").close()
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o640
+
+
+def test_each_write_has_its_own_temporary_file_and_a_users_tmp_file_is_never_touched(tmp_path):
+    path = tmp_path / "out.txt"
+    (tmp_path / "out.txt.tmp").write_text("the user's own file")
+    with atomic_output(path) as first, atomic_output(path) as second:
+        assert first != second
+        for tmp in (first, second):
+            with open(tmp, "w") as f:
+                f.write(tmp)
+    assert path.read_text() == first  # the write that finished last
+    assert (tmp_path / "out.txt.tmp").read_text() == "the user's own file"
+    assert sorted(os.listdir(tmp_path)) == ["out.txt", "out.txt.tmp"]
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
@@ -27,9 +56,73 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
                 f.write("ne")
             raise RuntimeError("half way")
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["out.txt"]
-    with pytest.raises(FileNotFoundError, match="the directory .*missing does not exist"):
-        with atomic_output(tmp_path / "missing" / "out.txt"):
+
+
+@pytest.mark.parametrize("output, message", [
+    ("missing/out.txt", "the directory .*missing does not exist"),
+    ("a-file/out.txt", "the directory .*a-file does not exist"),
+    ("a-dir", "names a directory"),
+    ("new-dir/", "names a directory"),
+    ("", "the output path is empty"),
+    ("input.txt", r"is one of the inputs \(.*input.txt\)"),
+    ("symlink.txt", r"is one of the inputs \(.*input.txt\)"),
+    ("hardlink.txt", r"is one of the inputs \(.*input.txt\)"),
+    ("a-dir/../input.txt", r"is one of the inputs"),
+])
+def test_an_output_that_cannot_be_written_or_is_an_input_is_refused(output, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "input.txt").write_text("precious")
+    (tmp_path / "a-file").write_text("a file")
+    (tmp_path / "a-dir").mkdir()
+    (tmp_path / "symlink.txt").symlink_to("input.txt")
+    os.link(tmp_path / "input.txt", tmp_path / "hardlink.txt")
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(OutputError, match=message):
+        with atomic_output(output, inputs=[str(tmp_path / "input.txt")]) as tmp:
+            with open(tmp, "w") as f:
+                f.write("would destroy it")
+    assert (tmp_path / "input.txt").read_text() == "precious" and sorted(os.listdir(tmp_path)) == before
+
+
+def test_a_directory_that_cannot_be_written_is_one_error(tmp_path, monkeypatch):
+    def denied(**kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", denied)  # root may write anywhere: the refusal, simulated
+    with pytest.raises(OutputError, match=f"out.txt: cannot write in {tmp_path} \\(Permission denied\\)"):
+        with atomic_output(tmp_path / "out.txt"):
             pass
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_input_that_is_not_there_yet_is_no_conflict(tmp_path):
+    check_output(tmp_path / "out.txt", [tmp_path / "missing.txt"])
+
+
+# A writer that stops half way and waits to be interrupted.
+WRITER = """
+import sys, time
+from one_layer_lottery.atomic import atomic_output
+with atomic_output(sys.argv[1]) as tmp:
+    with open(tmp, "w") as f:
+        f.write("half")
+    print("writing", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_writing_leaves_the_old_file_and_no_temporary_file(signum, tmp_path):
+    path = tmp_path / "out.txt"
+    path.write_text("old")
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout.readline() == "writing\n"
+    assert len(os.listdir(tmp_path)) == 2  # the temporary file is there while it writes
+    proc.send_signal(signum)
+    proc.wait(timeout=60)
+    assert proc.returncode == (-signal.SIGTERM if signum == signal.SIGTERM else 1)  # dies of it, or KeyboardInterrupt
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["out.txt"]
 
 
 def test_the_sample_corpus_and_the_curves_leave_nothing_behind_when_they_fail(tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ PROBE = '''
 {first}
 import json, logging, sys
 import torch
+from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
 from fairseq.logging import progress_bar
 from hydra.core.utils import JobReturn
@@ -32,6 +33,7 @@ def state():
         "sys.excepthook": sys.excepthook,
         "JobReturn.return_value": JobReturn.__dict__["return_value"],
         "PathManager.copy": PathManager.__dict__["copy"],
+        "checkpoint_utils.load_model_ensemble_and_task": checkpoint_utils.load_model_ensemble_and_task,
         "BaseProgressBar._format_stats": progress_bar.BaseProgressBar.__dict__["_format_stats"],
         "JsonProgressBar._format_stats": progress_bar.JsonProgressBar.__dict__["_format_stats"],
         # torch keeps them in a set: their order means nothing and changes when the set is rebuilt.
@@ -56,7 +58,8 @@ print(json.dumps({{"changed": patched, "after_undo": changed(before, state()),
                   "registered": "one_layer_transformer" in MODEL_REGISTRY
                   and "one_layer_transformer_iwslt_de_en" in ARCH_MODEL_REGISTRY}}))
 '''
-FAIRSEQ_CLI_PATCHES = ["sys.excepthook", "JobReturn.return_value", "PathManager.copy", "BaseProgressBar._format_stats",
+FAIRSEQ_CLI_PATCHES = ["sys.excepthook", "JobReturn.return_value", "PathManager.copy",
+                       "checkpoint_utils.load_model_ensemble_and_task", "BaseProgressBar._format_stats",
                        "JsonProgressBar._format_stats", "torch safe globals"]
 
 

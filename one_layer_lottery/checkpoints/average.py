@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..atomic import atomic_output
+from ..atomic import atomic_output, check_output
 from ..console import ToolError, quiet_logging, tool_errors
 from ..fairseq_checkpoint import config_section, updates_done
 from ..model_files import load_checkpoint_state
@@ -127,7 +127,7 @@ def _check_same_layout(first_path, reference, path, model):
     missing = sorted(set(reference) - set(model))
     extra = sorted(set(model) - set(reference))
     if missing or extra:
-        raise AverageError(f"{path} and {first_path} have different model keys: missing in {path}: {missing[:5]}; "
+        raise AverageError(f"{path}: different model keys from {first_path}: missing in {path}: {missing[:5]}; "
                            f"only in {path}: {extra[:5]} (different architectures?)")
     for key, tensor in model.items():
         ref = reference[key]
@@ -138,9 +138,9 @@ def _check_same_layout(first_path, reference, path, model):
             raise AverageError(f"{path}: {key} has dtype {tensor.dtype}, {first_path} has {ref.dtype}")
 
 
-def save(state, output: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with atomic_output(output) as tmp:
+def save(state, output: str, inputs=()) -> None:
+    """Write the averaged checkpoint ``state`` to ``output``, never over one of ``inputs``."""
+    with atomic_output(output, inputs) as tmp:
         torch.save(state, tmp)
 
 
@@ -168,8 +168,7 @@ def main(argv=None):
             if args.checkpoint_upper_bound is not None:
                 raise AverageError("--checkpoint-upper-bound needs --num-epoch-checkpoints or --num-update-checkpoints")
             paths = args.inputs
-        if os.path.abspath(args.output) in {os.path.abspath(p) for p in paths}:
-            raise AverageError(f"--output {args.output} is one of the inputs")
+        check_output(args.output, paths)  # before the inputs are read
         state = average_checkpoints(paths)
-        save(state, args.output)
+        save(state, args.output, paths)
     print(f"averaged {len(paths)} checkpoint(s) into {args.output}: {', '.join(paths)}")

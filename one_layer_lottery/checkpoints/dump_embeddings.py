@@ -17,6 +17,7 @@ from typing import Dict, Tuple
 import torch
 from fairseq.data import Dictionary, data_utils
 
+from ..atomic import check_output, output_directory
 from ..console import ToolError, quiet_logging, tool_errors
 from ..fairseq_checkpoint import config_section
 from ..model_files import load_checkpoint_state
@@ -50,7 +51,7 @@ def embedding_tables(checkpoint: str, data: str = None) -> Dict[str, Tuple[list,
     state = load_checkpoint_state(checkpoint)
     model = state["model"]
     if random_embedding_key("encoder") in model:
-        raise DumpError(f"{checkpoint} is a one_layer_transformer (random embeddings): dump the embeddings of a "
+        raise DumpError(f"{checkpoint}: is a one_layer_transformer (random embeddings): dump the embeddings of a "
                         "trained dense fairseq transformer instead")
     missing = [embedding_key(side) for side in STACKS if embedding_key(side) not in model]
     if missing:
@@ -77,14 +78,15 @@ def embedding_tables(checkpoint: str, data: str = None) -> Dict[str, Tuple[list,
 
 
 def dump_embeddings(checkpoint: str, out_prefix: str, data: str = None) -> Dict[str, str]:
+    """Write both tables; returns their paths. OUT_PREFIX's folder is created if needed, and neither
+    file is written unless both can be."""
     tables = embedding_tables(checkpoint, data)
-    folder = os.path.dirname(os.path.abspath(out_prefix))
-    os.makedirs(folder, exist_ok=True)
-    written = {}
+    output_directory(os.path.dirname(out_prefix) or os.curdir)
+    written = {side: f"{out_prefix}.{side}.txt" for side in tables}
+    for path in written.values():
+        check_output(path, [checkpoint])
     for side, (tokens, weight) in tables.items():
-        path = f"{out_prefix}.{side}.txt"
-        write_embeddings(path, tokens, weight)
-        written[side] = path
+        write_embeddings(written[side], tokens, weight, inputs=[checkpoint])
     return written
 
 

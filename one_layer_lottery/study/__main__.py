@@ -40,11 +40,11 @@ def main(argv=None) -> int:
             text = report.markdown(study, rows)
             print(text, end="")
             if args.out:
-                report.write_text(args.out, text)
+                report.write_text(args.out, text, inputs=[args.study])
             if args.into:
                 report.fill_between_markers(args.into, text, study)
         else:
-            report.plot(study, rows, args.out_png)
+            report.plot(study, rows, args.out_png, inputs=[args.study])
             print(f"study: figure written to {args.out_png}")
     return 0
 

@@ -11,7 +11,7 @@ from typing import Dict
 import numpy as np
 import torch
 
-from ..atomic import atomic_output
+from ..atomic import atomic_output, output_directory
 from ..checkpoints.dump_embeddings import embedding_tables
 from ..console import ToolError
 from ..models.one_layer_transformer.embedding_file import write_embeddings
@@ -32,8 +32,8 @@ def save(checkpoint: str, path: str, data: str) -> None:
             continue
         arrays[f"{side}_tokens"] = np.array(tokens, dtype=str)
         arrays[side] = weight.numpy()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with atomic_output(path) as tmp:
+    output_directory(os.path.dirname(os.path.abspath(path)))
+    with atomic_output(path, inputs=[checkpoint]) as tmp:
         with open(tmp, "wb") as f:  # a file object: savez would add .npz to a name without it
             np.savez_compressed(f, **arrays)
 

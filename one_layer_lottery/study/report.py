@@ -3,7 +3,7 @@ import os
 import statistics
 from typing import Dict, List
 
-from ..atomic import atomic_output
+from ..atomic import atomic_output, output_directory
 from . import results
 from .spec import Study
 
@@ -94,13 +94,13 @@ def fill_between_markers(path: str, text: str, study: Study) -> None:
     write_text(path, doc[:start + len(BEGIN)] + "\n" + text + doc[end:])
 
 
-def write_text(path: str, text: str) -> None:
-    with atomic_output(path) as tmp:
+def write_text(path: str, text: str, inputs=()) -> None:
+    with atomic_output(path, inputs) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
 
-def plot(study: Study, rows: Dict[str, List[dict]], out_png: str) -> None:
+def plot(study: Study, rows: Dict[str, List[dict]], out_png: str, inputs=()) -> None:
     """Left: validation BLEU over updates (mean over seeds, band min-max); right: test BLEU per experiment."""
     import matplotlib
 
@@ -138,8 +138,7 @@ def plot(study: Study, rows: Dict[str, List[dict]], out_png: str) -> None:
     bars.grid(axis="x", alpha=0.3)
     fig.suptitle(study.title)
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(out_png))
-    os.makedirs(folder, exist_ok=True)
-    with atomic_output(out_png) as tmp:
+    output_directory(os.path.dirname(os.path.abspath(out_png)))
+    with atomic_output(out_png, inputs) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)

@@ -2,7 +2,7 @@
 import json
 import os
 
-from ..atomic import atomic_output
+from ..atomic import atomic_output, output_directory
 from ..console import ToolError
 from .spec import read_parsed
 
@@ -22,7 +22,7 @@ def write(path: str, result: dict) -> None:
     missing = [k for k in FIELDS if k not in result]
     if missing:
         raise ValueError(f"result for {path} lacks {missing}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    output_directory(os.path.dirname(os.path.abspath(path)))
     with atomic_output(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1)

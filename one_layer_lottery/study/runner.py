@@ -14,7 +14,7 @@ from .. import fairseq_logs
 from ..atomic import atomic_output
 from ..console import ToolError
 from . import embeddings, results
-from .spec import Run, Study, cli_flags
+from .spec import Run, Study, StudyError, cli_flags
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO_ROOT = os.path.dirname(PACKAGE_DIR)
@@ -178,8 +178,32 @@ def commit_result(paths: List[str], run_id: str, bleu: float) -> str:
     return "" if done else f"could not commit {' '.join(paths)} (written; commit by hand)"
 
 
+def check_inputs(study: Study, runs: List[Run]) -> None:
+    """Raise StudyError, in one line, when runs still to do would not find the study's data or test
+    references: before the first run starts, not in each run's log after its training."""
+    if all(os.path.exists(study.result_path(run)) for run in runs):
+        return
+    if not os.path.isdir(study.data):
+        raise StudyError(f"{study.path}: data: {study.data} is not a directory (expected the fairseq-preprocess "
+                         "output the runs train on)")
+    languages = data_utils.infer_language_pair(study.data)
+    dictionaries = [os.path.join(study.data, f"dict.{lang}.txt") for lang in languages if lang]
+    if not dictionaries or not all(os.path.isfile(d) for d in dictionaries):
+        raise StudyError(f"{study.path}: data: {study.data} holds no fairseq-preprocess output (its "
+                         "<split>.<src>-<tgt>.* files and dict.<lang>.txt)")
+    if not study.references:
+        raise StudyError(f"{study.path}: no 'references' (the raw target side of the test set, which the "
+                         "runs are scored against)")
+    if not os.path.isfile(study.references):
+        problem = "is a directory" if os.path.isdir(study.references) else "no such file"
+        raise StudyError(f"{study.path}: references: {study.references}: {problem} (expected the raw target side "
+                         "of the test set)")
+
+
 def run_study(study: Study, runs: List[Run], commit: bool = False, say: Callable[[str], None] = print) -> int:
-    """Run each missing run in order; returns the number of runs that failed."""
+    """Run each missing run in order; returns the number of runs that failed. The study's data and
+    references are checked before the first (check_inputs)."""
+    check_inputs(study, runs)
     failed, done = [], set()
 
     def ensure(run: Run) -> None:

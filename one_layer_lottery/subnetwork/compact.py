@@ -136,10 +136,11 @@ def encode_model(model, cfg, task, source: Optional[Dict[str, Any]] = None) -> b
     return encode(header, sections.parts)
 
 
-def write(path: str, model, cfg, task, source: Optional[Dict[str, Any]] = None) -> int:
-    """Write the compact file of ``model`` to ``path`` (atomically); returns its size in bytes."""
+def write(path: str, model, cfg, task, source: Optional[Dict[str, Any]] = None, inputs=()) -> int:
+    """Write the compact file of ``model`` to ``path`` (atomically, never over one of ``inputs``); returns its
+    size in bytes."""
     data = encode_model(model, cfg, task, source)
-    with atomic_output(path) as tmp:
+    with atomic_output(path, inputs) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
     return len(data)

@@ -2,8 +2,10 @@
 import os
 from typing import Any, Dict
 
-from ..atomic import atomic_output
+from ..atomic import atomic_output, output_directory
 from ..models.one_layer_transformer.state_keys import STACKS
+
+FIGURE_FILES = {"overlap": "overlap.png", "kept": "kept.png"}  # what write_figures writes in its folder
 
 
 def _heatmap(ax, values, xlabels, ylabels, title, vmin, vmax, fmt="{:.2f}"):
@@ -22,14 +24,14 @@ def _heatmap(ax, values, xlabels, ylabels, title, vmin, vmax, fmt="{:.2f}"):
     return im
 
 
-def write_figures(report: Dict[str, Any], out_dir: str) -> Dict[str, str]:
-    """overlap.png and kept.png in ``out_dir``; returns their paths."""
+def write_figures(report: Dict[str, Any], out_dir: str, inputs=()) -> Dict[str, str]:
+    """overlap.png and kept.png in ``out_dir`` (never over one of ``inputs``); returns their paths."""
     import matplotlib  # here: the mask report itself does not need it (a second to import)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    os.makedirs(out_dir, exist_ok=True)
+    output_directory(out_dir)
     paths = {}
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), constrained_layout=True)
     for ax, stack in zip(axes, STACKS):
@@ -42,7 +44,7 @@ def write_figures(report: Dict[str, Any], out_dir: str) -> Dict[str, str]:
         ax.set_xlabel("virtual layer")
         ax.set_ylabel("virtual layer")
     fig.colorbar(im, ax=axes, shrink=0.8)
-    paths["overlap"] = _save(fig, os.path.join(out_dir, "overlap.png"))
+    paths["overlap"] = _save(fig, os.path.join(out_dir, FIGURE_FILES["overlap"]), inputs)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), constrained_layout=True)
@@ -60,13 +62,13 @@ def write_figures(report: Dict[str, Any], out_dir: str) -> Dict[str, str]:
                       lo, hi, fmt="{:.3f}")
         ax.set_ylabel("virtual layer")
     fig.colorbar(im, ax=axes, shrink=0.8)
-    paths["kept"] = _save(fig, os.path.join(out_dir, "kept.png"))
+    paths["kept"] = _save(fig, os.path.join(out_dir, FIGURE_FILES["kept"]), inputs)
     plt.close(fig)
     return paths
 
 
-def _save(fig, path):
-    with atomic_output(path) as tmp:
+def _save(fig, path, inputs):
+    with atomic_output(path, inputs) as tmp:
         with open(tmp, "wb") as f:
             fig.savefig(f, format="png", dpi=110)
     return path

@@ -96,11 +96,12 @@ def _line(f, where, lineno, max_line_bytes):
         raise EmbeddingFileError(f"{where}, line {lineno}: not valid UTF-8") from None
 
 
-def write_embeddings(path: str, tokens: List[str], weight: torch.Tensor) -> None:
-    """Write ``weight`` (one row per token) in the format ``read_embeddings`` reads."""
+def write_embeddings(path: str, tokens: List[str], weight: torch.Tensor, inputs=()) -> None:
+    """Write ``weight`` (one row per token) in the format ``read_embeddings`` reads, never over one of
+    ``inputs``."""
     if weight.dim() != 2 or weight.shape[0] != len(tokens):
         raise ValueError(f"{len(tokens)} tokens but a weight of shape {tuple(weight.shape)}")
-    with atomic_output(path) as tmp:
+    with atomic_output(path, inputs) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(f"{weight.shape[0]} {weight.shape[1]}\n")
             for tok, row in zip(tokens, weight.tolist()):
