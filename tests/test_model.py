@@ -306,7 +306,7 @@ def test_checkpoints_load_with_weights_only_and_code_is_refused(tmp_path):
 
     evil = tmp_path / "evil.pt"
     with open(evil, "wb") as f:
-        pickle.dump({"model": Evil()}, f)
+        pickle.dump({"model": Evil()}, f, protocol=2)  # torch.save's protocol: no warning about it
     with loading_fairseq_checkpoints(), pytest.raises(pickle.UnpicklingError):
         torch.load(evil)
 
