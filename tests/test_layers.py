@@ -23,6 +23,8 @@ LAYERS = (
     ("tools", ("__init__", "analyze", "average_checkpoints", "bench", "curves", "dump_embeddings", "export",
                "paper_batch", "sample_corpus")),
     ("studies", ("study",)),
+    ("pretrained", ("pretrained",)),
+    ("translation", ("translate",)),
 )
 UPWARD = "a module imports only from the layers below its own"
 SIDEWAYS = "units of one layer do not import each other"

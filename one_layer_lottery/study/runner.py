@@ -104,6 +104,23 @@ def _sacrebleu(study: Study, hypotheses: List[str]) -> dict:
     return {"sacrebleu": round(score.score, 2), "sacrebleu_signature": str(metric.get_signature())}
 
 
+def generate_test_set(data: str, checkpoint: str, generate_flags: List[str], seed: int, log_path: str,
+                      python: str = sys.executable) -> None:
+    """Decode the test set as a study scores it: fairseq-generate's output goes to ``log_path`` (atomically)."""
+    with atomic_output(log_path) as partial:
+        _call([python, "-m", "fairseq_cli.generate", data, "--user-dir", PACKAGE_DIR, "--path", checkpoint,
+               *generate_flags, "--seed", str(seed)], partial, "fairseq-generate", mode="w")
+
+
+def read_generation(log_path: str, run_id: str) -> dict:
+    """The tokenised BLEU and hypotheses of a fairseq-generate log (fairseq_logs.generation)."""
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        try:
+            return fairseq_logs.generation(f.read())
+        except fairseq_logs.LogError as e:
+            raise RunError(f"{run_id}: {log_path}: {e}") from e
+
+
 def _best_update(log_text: str, valid: List[dict]) -> int:
     scored = [v for v in valid if v["bleu"] is not None]
     if not scored:
@@ -141,14 +158,8 @@ def run_one(study: Study, run: Run, ensure: Callable[[Run], None], python: str =
     gen_log = os.path.join(run_dir, "generate.log")
     if not os.path.isfile(gen_log):
         say(f"study: {run.id}: scoring the test set")
-        with atomic_output(gen_log) as partial:
-            _call([python, "-m", "fairseq_cli.generate", study.data, "--user-dir", PACKAGE_DIR, "--path", best,
-                   *cli_flags(study.generate), "--seed", str(run.seed)], partial, "fairseq-generate", mode="w")
-    with open(gen_log, encoding="utf-8", errors="replace") as f:
-        try:
-            gen = fairseq_logs.generation(f.read())
-        except fairseq_logs.LogError as e:
-            raise RunError(f"{run.id}: {gen_log}: {e}") from e
+        generate_test_set(study.data, best, cli_flags(study.generate), run.seed, gen_log, python)
+    gen = read_generation(gen_log, run.id)
     test = {"bleu_tokenised": gen["bleu"], **_sacrebleu(study, gen["hypotheses"]),
             "length_ratio": gen["length_ratio"], "brevity_penalty": gen["brevity_penalty"],
             "sentences": len(gen["hypotheses"]), "checkpoint_update": _best_update(log_text, valid),
