@@ -30,7 +30,7 @@ def main(argv=None) -> int:
             return 0
         found = check(args.dir)
         same = found["bleu"] == found["recorded"]
-        print(f"test BLEU {found['bleu']} over {found['sentences']} sentences; recorded {found['recorded']}: "
+        print(f"test BLEU {found['bleu']} over {len(found['hypotheses'])} sentences; recorded {found['recorded']}: "
               f"{'the same' if same else 'DIFFERENT'}")
         return 0 if same else 1
 

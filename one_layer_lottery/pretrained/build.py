@@ -8,6 +8,7 @@ README for users. Paths in the provenance are relative to the project's root.
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
 
@@ -21,10 +22,10 @@ from .hub import DEFAULT_DIR, MODEL_FILE, SENTENCEPIECE_FILE
 
 PROVENANCE_FILE = "provenance.json"
 README_FILE = "README.md"
-MULTI30K_TERMS = ("Multi30k (Elliott et al., 2016, \"Multi30K: Multilingual English-German Image Descriptions\"; "
-                  "descriptions of Flickr30k images) is distributed for research use, without an explicit licence "
-                  "file: use this model for research, and cite Multi30k and Flickr30k. The sentencepiece model "
-                  "and the dictionary were trained on its training text.")
+MULTI30K_TERMS = ("Multi30k (descriptions of Flickr30k images) is distributed for research use, without an explicit "
+                  "licence file: use this model for research, and cite Elliott et al. (2016), \"Multi30K: "
+                  "Multilingual English-German Image Descriptions\". The sentencepiece model and the dictionary "
+                  "were trained on its training text.")
 
 
 def from_root(path: str) -> str:
@@ -87,6 +88,7 @@ def build(result_path: str, out_dir: str = DEFAULT_DIR, checkpoint: str = None, 
                   for name in (MODEL_FILE, SENTENCEPIECE_FILE)},
         "compact": {"arch": header["arch"], "seed": header["seed"], "init": header["init"], "mask": header["mask"],
                     "random_weights": {k: header["random_weights"][k] for k in ("sha256", "numel")},
+                    "stored_tensors": [entry["names"][0] for entry in header["tensors"]],
                     "num_updates": header["source"].get("num_updates")},
     }
     _write_text(os.path.join(out_dir, PROVENANCE_FILE), json.dumps(provenance, indent=1, ensure_ascii=False) + "\n")
@@ -102,27 +104,30 @@ def readme(provenance: dict, out_dir: str, data_terms: str) -> str:
     if provenance["commit"].get("dirty"):
         commit += "` with uncommitted changes to the package or configs, `"
     model_dir = from_root(out_dir)
-    sacrebleu = (f", sacreBLEU {test['sacrebleu']} (`{test['sacrebleu_signature']}`)"
-                 if "sacrebleu" in test else "")
+    shipped = os.path.abspath(out_dir) == os.path.abspath(DEFAULT_DIR)
+    load_call = "load()" if shipped else f'load("{model_dir}")'
+    stored = len(compact["stored_tensors"])
+    trained = f" and {stored} trained or pre-trained tensors" if stored else ""
     return f"""# A German to English translator found in random weights
 
 `{MODEL_FILE}` ({sizes[MODEL_FILE]} bytes) is a one-layer randomly weighted Transformer
 (`{compact['arch']}`): every weight is drawn from seed {compact['seed']} by a fixed recipe
 (`{compact['init']['weight_init']}`, attention `{compact['init']['attention_init']}`) and never trained;
 what was learned is which weights each virtual layer keeps (one bit per weight,
-{compact['mask']['method']}, prune ratio {compact['mask']['prune_ratio']}), plus the dictionary.
+{compact['mask']['method']}, prune ratio {compact['mask']['prune_ratio']}){trained}. The file also holds the dictionary;
 `{SENTENCEPIECE_FILE}` ({sizes[SENTENCEPIECE_FILE]} bytes) is the sentencepiece model of its data.
 Loading rebuilds the random weights from the seed and checks their sha256
 (`{compact['random_weights']['sha256']}`, recorded in `{PROVENANCE_FILE}`).
 
-Test BLEU: **{test['bleu_tokenised']}** (tokenised, beam 5, {test['sentences']} test sentences){sacrebleu},
-as recorded in `{provenance['result_file']}` (run `{provenance['run']}`, commit `{commit}`), with
-the checkpoint of update {test['checkpoint_update']} chosen on validation BLEU.
+Test BLEU: **{test['bleu_tokenised']}** tokenised, {test['sacrebleu']} sacreBLEU (`{test['sacrebleu_signature']}`),
+over {test['sentences']} test sentences, as recorded in `{provenance['result_file']}`
+(run `{provenance['run']}`, commit `{commit}`), with the checkpoint of update {test['checkpoint_update']}
+chosen on validation BLEU, decoded by `fairseq-generate {' '.join(test.get('generate_flags', []))}`.
 
 ## Use
 
 ```bash
-python -c 'from one_layer_lottery.pretrained import load; print(load().translate("ein mann fährt fahrrad ."))'
+python -c 'from one_layer_lottery.pretrained import load; print({load_call}.translate("ein mann fährt fahrrad ."))'
 echo "Zwei Hunde spielen im Schnee." | python -m one_layer_lottery.translate --model {model_dir}
 ```
 
@@ -133,7 +138,7 @@ was; the output is detokenised lowercase English.
 ## How it was trained
 
 ```
-{' '.join(provenance['training_command'])}
+{shlex.join(provenance['training_command'])}
 ```
 
 ## Data
@@ -153,7 +158,7 @@ python -m one_layer_lottery.pretrained check {model_dir}     # decodes the test 
 
 def check(model_dir: str = DEFAULT_DIR) -> dict:
     """Decode the test set with the directory's compact file exactly as the study scored its run;
-    returns the tokenised BLEU found and the one recorded."""
+    returns the tokenised BLEU found, the one recorded and the hypotheses."""
     provenance_path = os.path.join(model_dir, PROVENANCE_FILE)
     try:
         with open(provenance_path, encoding="utf-8") as f:
@@ -161,6 +166,9 @@ def check(model_dir: str = DEFAULT_DIR) -> dict:
     except (OSError, ValueError) as e:
         raise ToolError(f"{provenance_path}: cannot read the provenance ({e})") from None
     data, test = in_root(provenance["data"]), provenance["test"]
+    if "generate_flags" not in test:
+        raise ToolError(f"{provenance_path}: records no fairseq-generate flags, so the test set cannot be decoded "
+                        "as the study scored it")
     if not os.path.isdir(data):
         raise ToolError(f"{data}: not a directory (the binarized data the run was scored on)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -171,4 +179,4 @@ def check(model_dir: str = DEFAULT_DIR) -> dict:
             found = read_generation(log, provenance["run"])
         except RunError as e:
             raise ToolError(" ".join(str(e).split("\n")[:1])) from None
-    return {"bleu": found["bleu"], "recorded": test["bleu_tokenised"], "sentences": len(found["hypotheses"])}
+    return {"bleu": found["bleu"], "recorded": test["bleu_tokenised"], "hypotheses": found["hypotheses"]}
