@@ -82,9 +82,6 @@ class OneLayerTransformerModel(TransformerModelBase):
     def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
         if self.training:  # the IteRand rounds due since the last update (none when it is off)
             self.rerandomizer.catch_up()
-            if not self.masks_checked:  # once, before the first update trains
-                check_every_mask_keeps_a_weight(self)
-                self.masks_checked = True
         # A shared embedding is used up to three times per step; mask it once.
         with contextlib.ExitStack() as stack:
             for emb in {id(e): e for e in (self.encoder.embed_tokens, self.decoder.embed_tokens)}.values():
@@ -101,6 +98,14 @@ class OneLayerTransformerModel(TransformerModelBase):
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         state_dict = checked_state_dict(self, state_dict, strict)
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
+    def train(self, mode: bool = True):
+        # Once, when training starts: fairseq's Trainer calls this before its step, whose errors
+        # would first save a crash.pt.
+        if mode and not getattr(self, "masks_checked", True):
+            check_every_mask_keeps_a_weight(self)
+            self.masks_checked = True
+        return super().train(mode)
 
     def set_num_updates(self, num_updates):
         super().set_num_updates(num_updates)
