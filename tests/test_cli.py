@@ -57,19 +57,15 @@ def test_train_resume_generate(sample_bin, tmp_path):
 
 
 @pytest.mark.slow
-def test_checkpoint_of_a_dense_transformer_is_refused(sample_bin, tmp_path):
-    dense = tmp_path / "dense"
-    run_cli("fairseq-train", sample_bin, "--arch", "transformer_iwslt_de_en", "--encoder-embed-dim", 64,
-            "--encoder-ffn-embed-dim", 128, "--encoder-layers", 2, "--decoder-layers", 2, "--optimizer", "adam",
-            "--lr", 1e-3, "--max-tokens", 2000, "--max-update", 1, "--save-dir", dense, "--no-epoch-checkpoints",
-            "--num-workers", 0)
+def test_checkpoint_of_a_dense_transformer_is_refused(sample_bin, trained_transformer, tmp_path):
+    dense = trained_transformer[1]  # fairseq's own transformer, trained by fairseq-train
     proc = run_cli("fairseq-train", sample_bin, *TRAIN_FLAGS, "--max-update", 2, "--save-dir", tmp_path / "x",
-                   "--restore-file", dense / "checkpoint_last.pt", check=False)
+                   "--restore-file", dense, check=False)
     assert proc.returncode != 0
     assert "does not match this one_layer_transformer architecture" in proc.stderr
     assert "dense fairseq model" in proc.stderr
     # A stock fairseq checkpoint still decodes with the plugin loaded (weights_only allow-list).
-    gen = run_cli("fairseq-generate", sample_bin, "--user-dir", USER_DIR, "--path", dense / "checkpoint_last.pt",
+    gen = run_cli("fairseq-generate", sample_bin, "--user-dir", USER_DIR, "--path", dense,
                   "--beam", 2, "--batch-size", 100, "--max-len-b", 5)
     assert "BLEU4 =" in gen.stdout + gen.stderr
 
