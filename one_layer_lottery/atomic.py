@@ -6,6 +6,7 @@ cannot be written is refused before anything is written, in one line that names 
 """
 import contextlib
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -76,6 +77,31 @@ def _sigterm_as_exception():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def temporary_name_pattern(path) -> "re.Pattern":
+    """The names of ``atomic_output``'s temporary files for ``path``: ``.<name>.<pid>.<random>.tmp``."""
+    return re.compile(rf"^\.{re.escape(os.path.basename(os.fspath(path)))}\.(\d+)\.\w+\.tmp$")
+
+
+def _remove_orphans(path: str, directory: str) -> None:
+    """Remove the temporary files for ``path`` that a killed process left (its pid is gone)."""
+    pattern = temporary_name_pattern(path)
+    for name in os.listdir(directory):
+        found = pattern.match(name)
+        if found and not _alive(int(found.group(1))):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(directory, name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
 def _new_file_mode(path: str) -> int:
     """The mode ``open(path, "w")`` would give: the existing file's, or 0o666 less the umask."""
     try:
@@ -92,15 +118,18 @@ def atomic_output(path, inputs=()):
     disk and replaces ``path`` in one step.
 
     ``check_output(path, inputs)`` runs first. On any failure, Ctrl-C or SIGTERM the temporary file
-    is removed and an existing ``path`` is left untouched; nothing but a kill -9 or a power cut can
-    leave a temporary file (a hidden ``.<name>.*.tmp``) behind, and no other file is ever touched.
+    is removed and an existing ``path`` is left untouched. Only a kill -9 or a power cut leaves a
+    temporary file (``.<name>.<pid>.<random>.tmp``) behind, and the next write of ``path`` removes it
+    once its process is gone. No other file is ever touched.
     """
     path = os.fspath(path)
     check_output(path, inputs)
     directory = os.path.dirname(os.path.abspath(path))
     with _sigterm_as_exception():
         try:
-            handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+            _remove_orphans(path, directory)
+            handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".tmp",
+                                           dir=directory)
         except OSError as e:
             raise OutputError(f"{path}: cannot write in {directory} ({e.strerror})") from None
         try:

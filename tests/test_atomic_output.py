@@ -99,9 +99,25 @@ def test_an_input_that_is_not_there_yet_is_no_conflict(tmp_path):
     check_output(tmp_path / "out.txt", [tmp_path / "missing.txt"])
 
 
+def test_the_next_write_removes_what_a_killed_writer_left(tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(finished.stdout)
+    left = {name: tmp_path / name for name in (f".out.txt.{dead}.k1ll3d.tmp",  # a process killed by -9
+                                                f".out.txt.{os.getpid()}.busy.tmp",  # a write still going on
+                                                ".out.txt.tmp", "out.txt.tmp", f".other.txt.{dead}.x.tmp")}
+    for path in left.values():
+        path.write_text("x")
+    assert atomic.temporary_name_pattern(tmp_path / "out.txt").match(f".out.txt.{dead}.k1ll3d.tmp")
+    with atomic_output(tmp_path / "out.txt") as tmp:
+        open(tmp, "w").close()
+    killed = f".out.txt.{dead}.k1ll3d.tmp"
+    assert sorted(os.listdir(tmp_path)) == sorted({"out.txt", *left} - {killed})
+
+
 # A writer that stops half way and waits to be interrupted.
 WRITER = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if this test runs in the background
 from one_layer_lottery.atomic import atomic_output
 with atomic_output(sys.argv[1]) as tmp:
     with open(tmp, "w") as f:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT, SMALL, USER_DIR, build, run_cli
+from one_layer_lottery.atomic import temporary_name_pattern
 
 MODEL = (*SMALL, "--share-decoder-input-output-embed", "--mask-layernorm-type", "normal_layernorm", "--need-bias",
          "--seed", 5)
@@ -79,10 +80,10 @@ def test_killed_while_writing_checkpoints_resumes_from_the_last_complete_one(sam
 
     # 2. Restarted with the same command, killed half-way through copying checkpoint_1_4.pt to
     #    checkpoint_last.pt: fairseq's plain copy would leave checkpoint_last.pt truncated; the
-    #    plugin's copy writes checkpoint_last.pt.tmp and replaces the file only when complete.
+    #    plugin's copy writes a temporary file and replaces checkpoint_last.pt only when complete.
     (kind, name), log = _kill_mid_write(sample_bin, save, STALL_COPY=1)
     assert _loaded_at(log) == 2
-    assert kind == "copy" and name.endswith("checkpoint_last.pt.tmp")
+    assert kind == "copy" and temporary_name_pattern(save / "checkpoint_last.pt").match(os.path.basename(name))
     assert _load_all(save) == {"checkpoint_1_2.pt": 2, "checkpoint_1_4.pt": 4, "checkpoint_last.pt": 2}
 
     # 3. Restarted once more, it continues from the last complete checkpoint_last.pt to the end.
@@ -90,7 +91,7 @@ def test_killed_while_writing_checkpoints_resumes_from_the_last_complete_one(sam
     assert _loaded_at(proc.stdout + proc.stderr) == 2
     assert _load_all(save) == {"checkpoint_1_2.pt": 2, "checkpoint_1_4.pt": 4, "checkpoint_1_6.pt": 6,
                                "checkpoint_last.pt": 6}
-    assert not list(save.glob("*.tmp")), "a temporary file was left behind"
+    assert not list(save.glob("*.tmp")), "a temporary file was left behind"  # the next copy removed the killed one's
 
     # The interrupted run ends bitwise where the uninterrupted one did, and its random weights
     # are still exactly what the seed generates.
