@@ -16,6 +16,7 @@ from conftest import ROOT, run_cli
 from one_layer_lottery import fairseq_logs
 from one_layer_lottery.checkpoints.dump_embeddings import embedding_tables
 from one_layer_lottery.study import embeddings, report, results
+from one_layer_lottery.study.__main__ import main as study_cli_main
 from one_layer_lottery.study.spec import StudyError, cli_flags, load
 
 TINY_SHAPE = {"encoder-embed-dim": 64, "encoder-ffn-embed-dim": 128, "encoder-layers": 2, "decoder-layers": 2,
@@ -23,18 +24,26 @@ TINY_SHAPE = {"encoder-embed-dim": 64, "encoder-ffn-embed-dim": 128, "encoder-la
               "decoder-attention-heads": 4, "share-all-embeddings": True}
 
 
+SENTENCES = 60  # the first of the sample corpus's valid and test sentences: cheap validation BLEU and decoding
+
+
 @pytest.fixture(scope="module")
 def joined_bin(tmp_path_factory):
+    """The sample corpus (its valid and test sets cut to SENTENCES), binarized; its text in text/."""
     out = tmp_path_factory.mktemp("study-bin")
-    data = ROOT / "data" / "sample"
+    text = out / "text"
+    text.mkdir()
+    for name in ("train.de", "train.en", "valid.de", "valid.en", "test.de", "test.en"):
+        lines = (ROOT / "data" / "sample" / name).read_text().splitlines(keepends=True)
+        (text / name).write_text("".join(lines if name.startswith("train") else lines[:SENTENCES]))
     run_cli("fairseq-preprocess", "--source-lang", "de", "--target-lang", "en", "--joined-dictionary",
-            "--trainpref", data / "train", "--validpref", data / "valid", "--testpref", data / "test",
+            "--trainpref", text / "train", "--validpref", text / "valid", "--testpref", text / "test",
             "--destdir", out, "--workers", "1")
     return out
 
 
 def write_study(folder, data, experiments):
-    doc = {"title": "tiny", "data": str(data), "references": str(ROOT / "data" / "sample" / "test.en"),
+    doc = {"title": "tiny", "data": str(data), "references": str(data / "text" / "test.en"),
            "results": "results", "work": "work", "reference_experiment": "dense",
            "train": {**TINY_SHAPE, "optimizer": "adam", "lr": 0.005, "max-tokens": 2000, "max-update": 20,
                      "no-epoch-checkpoints": True, "validate-interval": 1000, "validate-interval-updates": 10,
@@ -56,6 +65,18 @@ def study_cli(*args, timeout=600):
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "one_layer_lottery.study", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def study_main(capsys, *args):
+    """The study command line in this process, for the commands that run no training (table, plot):
+    a CompletedProcess with its exit status, stdout and stderr."""
+    capsys.readouterr()
+    try:
+        code = study_cli_main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["study", *args], code, out, err)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +101,7 @@ def test_run_writes_every_field(finished):
         assert [v["update"] for v in result["valid"]] == [10, 20]
         assert all(v["bleu"] is not None and v["loss"] > 0 for v in result["valid"])
         test = result["test"]
-        assert test["sentences"] == 300 and 0 <= test["bleu_tokenised"] <= 100
+        assert test["sentences"] == SENTENCES and 0 <= test["bleu_tokenised"] <= 100
         assert test["sacrebleu_signature"].startswith("nrefs:1|case:mixed")
         assert test["checkpoint_update"] in (10, 20) and test["length_ratio"] > 0
         assert result["train"]["updates"] == 20 and result["train"]["train_words_per_s"] > 0
@@ -166,12 +187,12 @@ def test_train_wall_time_sums_the_processes_of_a_resumed_log():
     assert fairseq_logs.process_seconds("no timestamps") == 0
 
 
-def test_table_and_figure_from_result_files_alone(finished, tmp_path):
+def test_table_and_figure_from_result_files_alone(finished, tmp_path, capsys):
     folder, path, _ = finished
     copy = tmp_path / "copy"
     shutil.copytree(folder / "results", copy / "results")
     shutil.copy(path, copy / "study.yaml")  # no work/ folder: no checkpoints, no logs
-    table = study_cli("table", copy / "study.yaml", "--out", copy / "table.md")
+    table = study_main(capsys, "table", copy / "study.yaml", "--out", copy / "table.md")
     assert table.returncode == 0, table.stderr
     dense = results.read(str(copy / "results" / "dense-s1.json"))["test"]["bleu_tokenised"]
     assert f"**{dense:.2f}**" in table.stdout and "% of dense" in table.stdout
@@ -179,14 +200,14 @@ def test_table_and_figure_from_result_files_alone(finished, tmp_path):
     doc = copy / "doc.md"
     other = "<!-- study table: other -->\nkept\n<!-- /study table: other -->\n"
     doc.write_text("# Results\n<!-- study table: study -->\nold table\n<!-- /study table: study -->\n" + other)
-    assert study_cli("table", copy / "study.yaml", "--into", doc).returncode == 0
+    assert study_main(capsys, "table", copy / "study.yaml", "--into", doc).returncode == 0
     assert doc.read_text() == ("# Results\n<!-- study table: study -->\n" + table.stdout +
                                "<!-- /study table: study -->\n" + other)  # another study's table is left alone
     doc.write_text("no markers\n")
-    unmarked = study_cli("table", copy / "study.yaml", "--into", doc)
+    unmarked = study_main(capsys, "table", copy / "study.yaml", "--into", doc)
     assert unmarked.returncode == 2 and "no '<!-- study table: study -->'" in unmarked.stderr
     assert doc.read_text() == "no markers\n"
-    figure = study_cli("plot", copy / "study.yaml", copy / "fig.png")
+    figure = study_main(capsys, "plot", copy / "study.yaml", copy / "fig.png")
     assert figure.returncode == 0, figure.stderr
     assert (copy / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -234,15 +255,14 @@ def test_committed_results_record_no_machine_paths():
 
 
 @pytest.mark.parametrize("content, problem", [("{\"id\": ", "not valid JSON"), ("{\"id\": \"dense-s1\"}", "partial")])
-def test_broken_result_reported_by_name(finished, tmp_path, content, problem):
+def test_broken_result_reported_by_name(finished, tmp_path, capsys, content, problem):
     folder, path, _ = finished
     copy = tmp_path / "copy"
     shutil.copytree(folder / "results", copy / "results")
     shutil.copy(path, copy / "study.yaml")
     broken = copy / "results" / "dense-s1.json"
     broken.write_text(content)
-    for args in (("table", copy / "study.yaml"), ("run", copy / "study.yaml", "dense-s1")):
-        proc = study_cli(*args)
+    for proc in (study_main(capsys, "table", copy / "study.yaml"), study_cli("run", copy / "study.yaml", "dense-s1")):
         assert proc.returncode != 0
         assert str(broken) in proc.stdout + proc.stderr and problem in proc.stdout + proc.stderr
     assert broken.read_text() == content  # never overwritten
