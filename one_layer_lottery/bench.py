@@ -1,12 +1,14 @@
 """Cost of the masks: the one-layer masked Transformer against fairseq's dense Transformer.
 
-    python -m one_layer_lottery.bench [--arch one_layer_transformer_iwslt_de_en] [--device cpu|cuda]
-                                      [--dtype fp32|fp16|bf16] [--max-tokens 4096]
+    python -m one_layer_lottery.bench [--arch one_layer_transformer_iwslt_de_en] [--dims 256 512]
+                                      [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--max-tokens 4096]
 
-Both models have the same dimensions and layer counts and see the same batches in the same
-process; they take turns (which one goes first alternates), and each ratio is taken within
-one repetition, so that slow drifts of the machine cancel out. Printed as ratios masked/dense,
-the median of the per-repetition ratios after warm-up (times: medians too):
+Measured at each ``--dims`` embedding size in turn (the FFN scaled with it, heads and layers as in
+``--arch``): 256 is the shape of the Multi30k studies, 512 the iwslt shape. Both models have the
+same dimensions and layer counts and see the same batches in the same process; they take turns
+(which one goes first alternates), and each ratio is taken within one repetition, so that slow
+drifts of the machine cancel out. Printed as ratios masked/dense, the median of the per-repetition
+ratios after warm-up with their lowest and highest (times: medians):
   1. training step (forward + backward + optimizer step)
   2. all masks of one step, ours against a naive edge-popup (clone, full sort, scatter)
   3. beam-5 generation through fairseq's SequenceGenerator (fixed output length)
@@ -40,15 +42,23 @@ def _dictionary_dir():
     return d
 
 
-def build(which, arch, data_dir):
-    """(model, task): the masked ``arch`` or fairseq's dense ``transformer`` of the same shape,
-    built through fairseq's argument parsing as fairseq-train does."""
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-
+def arch_shape(arch, embed_dim=None):
+    """(embed dim, FFN dim, heads, layers) of ``arch``, at ``embed_dim`` with the FFN scaled alike."""
     from .models.one_layer_transformer import ARCHITECTURES
 
     embed, ffn, heads, layers, _ = ARCHITECTURES[arch]
+    if embed_dim is None:
+        return embed, ffn, heads, layers
+    return embed_dim, embed_dim * ffn // embed, heads, layers
+
+
+def build(which, arch, data_dir, embed_dim=None):
+    """(model, task): the masked ``arch`` (at ``embed_dim``) or fairseq's dense ``transformer`` of the
+    same shape, built through fairseq's argument parsing as fairseq-train does."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    embed, ffn, heads, layers = arch_shape(arch, embed_dim)
     shape = ["--encoder-embed-dim", embed, "--encoder-ffn-embed-dim", ffn, "--encoder-attention-heads", heads,
              "--encoder-layers", layers, "--decoder-embed-dim", embed, "--decoder-ffn-embed-dim", ffn,
              "--decoder-attention-heads", heads, "--decoder-layers", layers,
@@ -198,13 +208,29 @@ def model_bytes(model):
 
 def paired(times):
     """(median of the per-repetition ratios masked/dense, median time of each model)."""
-    ratio = statistics.median(m / d for m, d in zip(times["masked"], times["dense"]))
+    ratio = statistics.median(pair_ratios(times))
     return ratio, {k: statistics.median(v) for k, v in times.items()}
+
+
+def pair_ratios(times):
+    return [m / d for m, d in zip(times["masked"], times["dense"])]
+
+
+def spread(times):
+    """(lowest, highest) of the per-repetition ratios masked/dense."""
+    ratios = pair_ratios(times)
+    return min(ratios), max(ratios)
 
 
 def check_args(args):
     if args.warmup < 1 and not args.skip_memory:
         raise ValueError("--warmup must be at least 1: the peak memory is measured on the first warm-up step")
+    if args.steps < 1 or args.gen_reps < 1:
+        raise ValueError("--steps and --gen-reps must be at least 1: each ratio is a median over repetitions")
+    heads = arch_shape(args.arch)[2]
+    for dim in getattr(args, "dims", ()):
+        if dim < heads or dim % heads:
+            raise ValueError(f"--dims {dim}: an embedding size must be a positive multiple of the {heads} heads")
 
 
 def run(args, runtime=None):
@@ -216,10 +242,11 @@ def run(args, runtime=None):
     dtype = DTYPES[args.dtype]
     torch.manual_seed(0)
     data_dir = _dictionary_dir()
-    masked, task = build("masked", args.arch, data_dir)
-    dense, _ = build("dense", args.arch, data_dir)
-    results = {"arch": args.arch, "device": args.device, "dtype": args.dtype, "max_tokens": args.max_tokens,
-               "threads": torch.get_num_threads()}
+    embed_dim = getattr(args, "embed_dim", None)
+    masked, task = build("masked", args.arch, data_dir, embed_dim)
+    dense, _ = build("dense", args.arch, data_dir, embed_dim)
+    results = {"arch": args.arch, "shape": arch_shape(args.arch, embed_dim), "device": args.device,
+               "dtype": args.dtype, "max_tokens": args.max_tokens, "threads": torch.get_num_threads()}
     name = runtime.device_name()
     if name is not None:
         results["gpu"] = name
@@ -242,6 +269,7 @@ def run(args, runtime=None):
             else:
                 step()
     results["train_step_ratio"], results["train_step_s"] = paired(times)
+    results["train_step_spread"] = spread(times)
     results["train_step_all_s"] = times
 
     # 2. mask computation: all masks of one step, ours vs the naive sort
@@ -271,6 +299,7 @@ def run(args, runtime=None):
                 if i > 0:
                     gen_t[name].append(t)
     results["generate_ratio"], results["generate_s"] = paired(gen_t)
+    results["generate_spread"] = spread(gen_t)
     results["generate_all_s"] = gen_t
 
     # 4. peak memory of a training step
@@ -281,20 +310,42 @@ def run(args, runtime=None):
     return results
 
 
+def report(r):
+    """The printed lines of one shape's results."""
+    embed, ffn, heads, layers = r["shape"]
+    lines = [f"arch={r['arch']} shape={embed}/{ffn}/{heads},{layers}+{layers} device={r['device']} dtype={r['dtype']} "
+             f"max_tokens={r['max_tokens']} threads={r['threads']}" + (f" gpu={r['gpu']}" if "gpu" in r else "")]
+    for name, key in (("train step  ", "train_step"), ("generation  ", "generate")):
+        low, high = r[f"{key}_spread"]
+        n = len(r[f"{key}_all_s"]["masked"])
+        lines.append(f"{name} masked/dense = {r[f'{key}_ratio']:.3f}  (min {low:.3f}, max {high:.3f} over {n} pairs; "
+                     f"{r[f'{key}_s']['masked']:.3f} s / {r[f'{key}_s']['dense']:.3f} s)")
+    lines.insert(2, f"mask compute naive/ours   = {r['mask_speedup']:.2f}x  "
+                    f"({r['mask_s']['naive']:.3f} s / {r['mask_s']['ours']:.3f} s, {r['mask_elements']:,} scores)")
+    if "peak_memory_ratio" in r:
+        p, mb = r["peak_memory_bytes"], r["model_bytes"]
+        lines.append(f"peak memory  masked/dense = {r['peak_memory_ratio']:.3f}  "
+                     f"({p['masked'] / 2**20:.0f} MiB / {p['dense'] / 2**20:.0f} MiB; the models themselves: "
+                     f"{mb['masked'] / 2**20:.0f} MiB / {mb['dense'] / 2**20:.0f} MiB)")
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="masked vs dense Transformer cost, as ratios")
     parser.add_argument("--arch", default="one_layer_transformer_iwslt_de_en")
+    parser.add_argument("--dims", type=int, nargs="+", default=[256, 512],
+                        help="embedding sizes to measure, one after the other (the FFN scales alike)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--max-tokens", type=int, default=4096)
-    parser.add_argument("--steps", type=int, default=3, help="timed training steps per model")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per model")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--mask-reps", type=int, default=1)
     parser.add_argument("--gen-reps", type=int, default=5)
     parser.add_argument("--gen-sentences", type=int, default=32)
     parser.add_argument("--gen-len", type=int, default=20)
     parser.add_argument("--skip-memory", action="store_true", help="do not measure peak memory")
-    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--json", help="also write the results to this file: {\"shapes\": [one dict per --dims]}")
     args = parser.parse_args(argv)
     quiet_logging()
     # fairseq builds its configs through Hydra APIs that Hydra itself marks deprecated: not ours to act on.
@@ -305,26 +356,14 @@ def main(argv=None):
         check_args(args)
     except ValueError as e:
         parser.error(str(e))
+    shapes = []
+    for dim in args.dims:
+        r = run(argparse.Namespace(**vars(args), embed_dim=dim))
+        print("\n".join(report(r)), flush=True)
+        shapes.append(r)
     if args.json:
-        with tool_errors("bench"):
-            check_output(args.json)  # before the minutes of measuring, not after
-    r = run(args)
-    print(f"arch={r['arch']} device={r['device']} dtype={r['dtype']} max_tokens={r['max_tokens']} "
-          f"threads={r['threads']}" + (f" gpu={r['gpu']}" if "gpu" in r else ""))
-    print(f"train step   masked/dense = {r['train_step_ratio']:.3f}  "
-          f"({r['train_step_s']['masked']:.3f} s / {r['train_step_s']['dense']:.3f} s)")
-    print(f"mask compute naive/ours   = {r['mask_speedup']:.2f}x  "
-          f"({r['mask_s']['naive']:.3f} s / {r['mask_s']['ours']:.3f} s, {r['mask_elements']:,} scores)")
-    print(f"generation   masked/dense = {r['generate_ratio']:.3f}  "
-          f"({r['generate_s']['masked']:.3f} s / {r['generate_s']['dense']:.3f} s)")
-    if "peak_memory_ratio" in r:
-        p, mb = r["peak_memory_bytes"], r["model_bytes"]
-        print(f"peak memory  masked/dense = {r['peak_memory_ratio']:.3f}  "
-              f"({p['masked'] / 2**20:.0f} MiB / {p['dense'] / 2**20:.0f} MiB; the models themselves: "
-              f"{mb['masked'] / 2**20:.0f} MiB / {mb['dense'] / 2**20:.0f} MiB)")
-    if args.json:
-        with tool_errors("bench"), atomic_output(args.json) as tmp, open(tmp, "w") as f:
-            json.dump(r, f, indent=2)
+        with atomic_output(args.json) as tmp, open(tmp, "w") as f:
+            json.dump({"shapes": shapes}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -102,14 +102,15 @@ def gpu_tests(out, budget, rehearse):
 
 def bench(out, budget, dtype, rehearse):
     path = out / f"bench-{dtype}.json"
-    sizes = (["--device", "cpu", "--max-tokens", "64", "--steps", "1", "--warmup", "1", "--gen-reps", "1",
-              "--gen-sentences", "2", "--gen-len", "3", "--skip-memory"] if rehearse else
-             ["--device", "cuda", "--steps", "20", "--warmup", "3", "--mask-reps", "5", "--gen-reps", "7"])
+    sizes = (["--device", "cpu", "--dims", "16", "--max-tokens", "64", "--steps", "1", "--warmup", "1",
+              "--gen-reps", "1", "--gen-sentences", "2", "--gen-len", "3", "--skip-memory"] if rehearse else
+             ["--device", "cuda", "--dims", "512", "--steps", "20", "--warmup", "3", "--mask-reps", "5",
+              "--gen-reps", "7"])
     code, seconds = run([sys.executable, "-m", "one_layer_lottery.bench", "--dtype", dtype, *sizes, "--json", path],
                         out / f"bench-{dtype}.log", budget.limit(150))
     result = {"exit": code, "seconds": seconds, "ok": code == 0 and path.exists()}
     if result["ok"]:
-        r = json.loads(path.read_text())
+        r = json.loads(path.read_text())["shapes"][0]  # the one shape of --dims
         result.update({k: r[k] for k in ("train_step_ratio", "generate_ratio", "mask_speedup", "train_step_s",
                                           "generate_s", "peak_memory_ratio", "peak_memory_bytes") if k in r})
     return result

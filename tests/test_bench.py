@@ -1,34 +1,59 @@
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from one_layer_lottery import bench
-from one_layer_lottery.models.one_layer_transformer import ARCHITECTURES
+
+# Tiny shapes keep the benchmark's tests fast; the code path is the real one (iwslt's 6+6 layers, 4 heads).
+TINY = ["--dims", "16", "32", "--max-tokens", "128", "--steps", "2", "--warmup", "1", "--mask-reps", "1",
+        "--gen-reps", "1", "--gen-sentences", "2", "--gen-len", "3"]
 
 
-def test_benchmark_runs_and_reports_every_ratio(monkeypatch, capsys):
-    # A small shape under the iwslt name keeps the test fast; the code path is the real one.
-    monkeypatch.setitem(ARCHITECTURES, "one_layer_transformer_iwslt_de_en", (64, 128, 4, 2, {}))
-    bench.main(["--max-tokens", "512", "--steps", "1", "--warmup", "1", "--mask-reps", "1", "--gen-reps", "1",
-                "--gen-sentences", "4", "--gen-len", "5"])
-    out = capsys.readouterr().out
-    for line in ("train step   masked/dense", "mask compute naive/ours", "generation   masked/dense",
-                 "peak memory  masked/dense"):
-        assert line in out
-    r = bench.run(bench.argparse.Namespace(arch="one_layer_transformer_iwslt_de_en", device="cpu", dtype="bf16",
-                                           max_tokens=256, steps=1, warmup=0, mask_reps=1, gen_reps=1,
+def test_benchmark_reports_every_ratio_with_its_spread_at_each_shape(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "one_layer_lottery.bench", *TINY, "--json", str(out)],
+                          capture_output=True, text=True, timeout=900,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no Hydra deprecation warnings, DEBUG/INFO lines or profiler start/stop lines
+    lines = proc.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["arch=one_layer_transformer_iwslt_de_en", "train", "mask",
+                                                   "generation", "peak"] * 2
+    assert "shape=16/32/4,6+6" in lines[0] and "shape=32/64/4,6+6" in lines[5]
+    assert "over 2 pairs" in lines[1] and "over 1 pairs" in lines[3]
+    shapes = json.loads(out.read_text())["shapes"]
+    assert [r["shape"] for r in shapes] == [[16, 32, 4, 6], [32, 64, 4, 6]]
+    for r in shapes:
+        for key in ("train_step", "generate"):
+            low, high = r[f"{key}_spread"]
+            assert low <= r[f"{key}_ratio"] <= high and math.isfinite(high)
+            assert (low, high) == bench.spread(r[f"{key}_all_s"])
+        assert r["mask_elements"] > 0 and r["peak_memory_ratio"] > 0
+    assert shapes[1]["mask_elements"] > shapes[0]["mask_elements"]  # the larger shape has more scores
+
+
+def test_benchmark_runs_in_bf16_without_memory():
+    r = bench.run(bench.argparse.Namespace(arch="one_layer_transformer_iwslt_de_en", embed_dim=16, device="cpu",
+                                           dtype="bf16", max_tokens=64, steps=1, warmup=0, mask_reps=1, gen_reps=1,
                                            gen_sentences=2, gen_len=3, skip_memory=True))
+    assert r["shape"] == (16, 32, 4, 6)
     assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("train_step_ratio", "mask_speedup", "generate_ratio"))
-    assert r["mask_elements"] > 0
+    assert "peak_memory_ratio" not in r
 
 
 def test_ratio_is_the_median_of_the_per_repetition_ratios():
     # Repetition 3 ran while the machine was slow for the masked model only: the ratio of the
     # medians (3 / 2 = 1.5) would mix repetitions; the paired median does not.
-    ratio, medians = bench.paired({"masked": [2.0, 3.0, 10.0], "dense": [1.0, 3.0, 2.0]})
+    times = {"masked": [2.0, 3.0, 10.0], "dense": [1.0, 3.0, 2.0]}
+    ratio, medians = bench.paired(times)
     assert ratio == 2.0
     assert medians == {"masked": 3.0, "dense": 2.0}
+    assert bench.spread(times) == (1.0, 5.0)
 
 
 def test_step_peak_counts_what_is_held_at_once():
@@ -42,25 +67,13 @@ def test_step_peak_counts_what_is_held_at_once():
     assert 3 << 20 <= peak < (3 << 20) + (64 << 10)
 
 
-def test_peak_memory_needs_a_warm_up_step(capsys):
-    with pytest.raises(SystemExit):
-        bench.main(["--warmup", "0"])
-    assert "--warmup must be at least 1" in capsys.readouterr().err
-
-
-def test_command_line_prints_results_only(tmp_path):
-    import json
-    import os
-    import subprocess
-    import sys
-
-    out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "one_layer_lottery.bench", "--max-tokens", "128", "--steps", "1",
-                           "--warmup", "1", "--mask-reps", "1", "--gen-reps", "1", "--gen-sentences", "1",
-                           "--gen-len", "2", "--json", str(out)], capture_output=True, text=True, timeout=900,
-                          env={k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"})
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""  # no Hydra deprecation warnings, DEBUG/INFO lines or profiler start/stop lines
-    assert [line.split()[0] for line in proc.stdout.splitlines()] == ["arch=one_layer_transformer_iwslt_de_en",
-                                                                      "train", "mask", "generation", "peak"]
-    assert json.loads(out.read_text())["train_step_ratio"] > 0
+@pytest.mark.parametrize("argv, message", [
+    (["--warmup", "0"], "--warmup must be at least 1"),
+    (["--steps", "0"], "--steps and --gen-reps must be at least 1"),
+    (["--dims", "30"], "--dims 30: an embedding size must be a positive multiple of the 4 heads"),
+])
+def test_bad_arguments_are_refused_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
