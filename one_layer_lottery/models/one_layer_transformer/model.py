@@ -126,7 +126,7 @@ def check_every_mask_keeps_a_weight(model) -> None:
         kept = mask.kept(scores.detach())
         per_matrix = kept.reshape(kept.shape[0], -1) if kept.dim() >= 3 else kept.reshape(1, -1)
         if not bool(per_matrix.any(dim=1).all()):
-            low, high = float(scores.min()), float(scores.max())
+            low, high = float(scores.detach().min()), float(scores.detach().max())
             raise OptionError(
                 f"--prune-method {mask.method} --mask-threshold {mask.threshold} keeps no weight of "
                 f"{module_of(name)}: its scores are between {low:.4g} and {high:.4g} (--mask-init "
