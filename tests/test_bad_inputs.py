@@ -158,7 +158,7 @@ OPTION_CASES = {
                                                                           "joined dictionary"),
     "missing embedding file": (("--encoder-embed-path", "/nonexistent/emb.txt"),
                                "--encoder-embed-path /nonexistent/emb.txt: cannot open the embedding file"),
-    # found when the model is built, from its initial scores: before anything is trained or written
+    # found when training starts, after the data is loaded: still before anything is trained or written
     "threshold no score passes": (("--prune-method", "threshold", "--mask-threshold", 5),
                                   "--prune-method threshold --mask-threshold 5.0 keeps no weight of encoder."),
 }
@@ -272,7 +272,7 @@ def test_learned_gains_takes_no_value(build_from_flags, capsys):
                          ids=["above every score", "constant scores on the threshold"])
 def test_a_threshold_that_keeps_no_weight_is_refused_before_the_first_update(flags, sample_bin):
     """The scores of SMALL's matrices start within +-1/sqrt(32) (0.18): no weight passes 0.3, nor a
-    constant 0 the default threshold 0. Refused when the model is built, before the first update."""
+    constant 0 the default threshold 0. Refused when training starts, before the first update."""
     from one_layer_lottery.models.one_layer_transformer.options import OptionError
 
     with pytest.raises(OptionError, match=r"--prune-method threshold --mask-threshold 0\.[03] keeps no weight of "

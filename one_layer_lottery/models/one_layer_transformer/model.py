@@ -61,12 +61,10 @@ class OneLayerTransformerModel(TransformerModelBase):
         decoder = OneLayerTransformerDecoder(tcfg, tgt_dict, dec_emb, opts)
         model = cls(tcfg, encoder, decoder)
         model.mask_options = opts
+        model.masks_checked = False
         model.recorded_options = recorded_options(args)
         model.mask_monitor = MaskMonitor(log_interval)
         model.rerandomizer = Rerandomizer(opts.rerand, layer_weight_groups(model))
-        # Here, not when training starts: by then fairseq's data-loader workers run, and their
-        # shutdown prints a traceback after the one-line error.
-        check_every_mask_keeps_a_weight(model)
         return model
 
     @staticmethod
@@ -100,6 +98,14 @@ class OneLayerTransformerModel(TransformerModelBase):
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         state_dict = checked_state_dict(self, state_dict, strict)
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
+    def train(self, mode: bool = True):
+        # Once, when training starts: fairseq's Trainer calls this before its step, whose errors
+        # would first save a crash.pt.
+        if mode and not getattr(self, "masks_checked", True):
+            check_every_mask_keeps_a_weight(self)
+            self.masks_checked = True
+        return super().train(mode)
 
     def set_num_updates(self, num_updates):
         super().set_num_updates(num_updates)
