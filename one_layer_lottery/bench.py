@@ -356,14 +356,17 @@ def main(argv=None):
         check_args(args)
     except ValueError as e:
         parser.error(str(e))
-    shapes = []
-    for dim in args.dims:
-        r = run(argparse.Namespace(**vars(args), embed_dim=dim))
-        print("\n".join(report(r)), flush=True)
-        shapes.append(r)
-    if args.json:
-        with atomic_output(args.json) as tmp, open(tmp, "w") as f:
-            json.dump({"shapes": shapes}, f, indent=2)
+    with tool_errors("bench"):
+        if args.json:
+            check_output(args.json)  # before minutes of measuring
+        shapes = []
+        for dim in args.dims:
+            r = run(argparse.Namespace(**vars(args), embed_dim=dim))
+            print("\n".join(report(r)), flush=True)
+            shapes.append(r)
+        if args.json:
+            with atomic_output(args.json) as tmp, open(tmp, "w") as f:
+                json.dump({"shapes": shapes}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -158,9 +158,6 @@ OPTION_CASES = {
                                                                           "joined dictionary"),
     "missing embedding file": (("--encoder-embed-path", "/nonexistent/emb.txt"),
                                "--encoder-embed-path /nonexistent/emb.txt: cannot open the embedding file"),
-    # found when training starts, after the data is loaded: still before anything is trained or written
-    "threshold no score passes": (("--prune-method", "threshold", "--mask-threshold", 5),
-                                  "--prune-method threshold --mask-threshold 5.0 keeps no weight of encoder."),
 }
 
 
