@@ -143,3 +143,10 @@ def atomic_output(path, inputs=()):
         finally:
             if os.path.lexists(tmp):
                 os.remove(tmp)
+
+
+def write_text(path, text: str, inputs=()) -> None:
+    """``text`` into ``path`` as UTF-8, through ``atomic_output``."""
+    with atomic_output(path, inputs) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)

@@ -107,7 +107,8 @@ def test_the_directory_holds_plain_files_within_three_megabytes(sample_pretraine
 
 def _check_provenance(directory):
     """The provenance's digest, options and file checksums against the compact file itself."""
-    from one_layer_lottery.pretrained.build import file_sha256, in_root
+    from one_layer_lottery.pretrained.build import in_root
+    from one_layer_lottery.study.embeddings import digest
     from one_layer_lottery.study import results
     from one_layer_lottery.subnetwork.file_reader import read
 
@@ -118,7 +119,7 @@ def _check_provenance(directory):
     assert (recorded["arch"], recorded["seed"], recorded["init"], recorded["mask"]) == (
         header["arch"], header["seed"], header["init"], header["mask"])
     for name, entry in provenance["files"].items():
-        assert entry == {"bytes": (directory / name).stat().st_size, "sha256": file_sha256(str(directory / name))}
+        assert entry == {"bytes": (directory / name).stat().st_size, "sha256": digest(str(directory / name))}
     result = results.read(in_root(provenance["result_file"]))
     assert provenance["test"]["bleu_tokenised"] == result["test"]["bleu_tokenised"]
     assert (provenance["commit"], provenance["seed"]) == (result["commit"], result["seed"])

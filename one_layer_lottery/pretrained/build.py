@@ -5,17 +5,17 @@ The directory holds the compact file (export compact: seed, init recipe, one bit
 virtual layer, the dictionary), the sentencepiece model of the data, ``provenance.json`` and a
 README for users. Paths in the provenance are relative to the project's root.
 """
-import hashlib
 import json
 import os
 import shlex
 import shutil
 import tempfile
 
-from ..atomic import atomic_output, output_directory
+from ..atomic import atomic_output, output_directory, write_text
 from ..console import ToolError
 from ..export import expand, export_compact
 from ..study import results
+from ..study.embeddings import digest
 from ..study.runner import REPO_ROOT, RunError, generate_test_set, read_generation
 from ..subnetwork.file_reader import read as read_compact
 from .hub import DEFAULT_DIR, MODEL_FILE, SENTENCEPIECE_FILE
@@ -38,23 +38,12 @@ def in_root(recorded: str) -> str:
     return os.path.normpath(os.path.join(REPO_ROOT, recorded))
 
 
-def file_sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def best_checkpoint(result: dict, where: str) -> str:
     """The best checkpoint of a result file's run: ``checkpoint_best.pt`` in its recorded --save-dir."""
     command = result["command"]
     if "--save-dir" not in command[:-1]:
         raise ToolError(f"{where}: its training command has no --save-dir; pass --checkpoint")
     return os.path.join(in_root(command[command.index("--save-dir") + 1]), "checkpoint_best.pt")
-
-
-def _write_text(path: str, text: str) -> None:
-    with atomic_output(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
 
 
 def build(result_path: str, out_dir: str = DEFAULT_DIR, checkpoint: str = None, data: str = None,
@@ -84,15 +73,15 @@ def build(result_path: str, out_dir: str = DEFAULT_DIR, checkpoint: str = None, 
         "training_command": ["fairseq-train", *result["command"]], "seed": result["seed"],
         "data": from_root(data), "checkpoint": from_root(checkpoint),
         "files": {name: {"bytes": os.path.getsize(os.path.join(out_dir, name)),
-                         "sha256": file_sha256(os.path.join(out_dir, name))}
+                         "sha256": digest(os.path.join(out_dir, name))}
                   for name in (MODEL_FILE, SENTENCEPIECE_FILE)},
         "compact": {"arch": header["arch"], "seed": header["seed"], "init": header["init"], "mask": header["mask"],
                     "random_weights": {k: header["random_weights"][k] for k in ("sha256", "numel")},
                     "stored_tensors": [entry["names"][0] for entry in header["tensors"]],
                     "num_updates": header["source"].get("num_updates")},
     }
-    _write_text(os.path.join(out_dir, PROVENANCE_FILE), json.dumps(provenance, indent=1, ensure_ascii=False) + "\n")
-    _write_text(os.path.join(out_dir, README_FILE), readme(provenance, out_dir, data_terms))
+    write_text(os.path.join(out_dir, PROVENANCE_FILE), json.dumps(provenance, indent=1, ensure_ascii=False) + "\n")
+    write_text(os.path.join(out_dir, README_FILE), readme(provenance, out_dir, data_terms))
     return provenance
 
 

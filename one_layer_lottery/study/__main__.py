@@ -2,6 +2,7 @@
 import argparse
 import sys
 
+from ..atomic import write_text
 from ..console import quiet_logging, tool_errors
 from . import __doc__ as USAGE
 from .spec import load
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
             text = report.markdown(study, rows)
             print(text, end="")
             if args.out:
-                report.write_text(args.out, text, inputs=[args.study])
+                write_text(args.out, text, inputs=[args.study])
             if args.into:
                 report.fill_between_markers(args.into, text, study)
         else:

@@ -3,7 +3,7 @@ import os
 import statistics
 from typing import Dict, List
 
-from ..atomic import atomic_output, output_directory
+from ..atomic import atomic_output, output_directory, write_text
 from . import results
 from .spec import Study
 
@@ -92,12 +92,6 @@ def fill_between_markers(path: str, text: str, study: Study) -> None:
     if start < 0 or end < start:
         raise results.ResultError(f"{path} has no '{BEGIN}' ... '{END}' markers to put the table between")
     write_text(path, doc[:start + len(BEGIN)] + "\n" + text + doc[end:])
-
-
-def write_text(path: str, text: str, inputs=()) -> None:
-    with atomic_output(path, inputs) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
 
 
 def plot(study: Study, rows: Dict[str, List[dict]], out_png: str, inputs=()) -> None:
