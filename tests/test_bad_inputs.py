@@ -158,6 +158,10 @@ OPTION_CASES = {
                                                                           "joined dictionary"),
     "missing embedding file": (("--encoder-embed-path", "/nonexistent/emb.txt"),
                                "--encoder-embed-path /nonexistent/emb.txt: cannot open the embedding file"),
+    # Refused once the model (and any checkpoint) is loaded, before the data loader's workers start.
+    "threshold that keeps no weight": (("--prune-method", "threshold", "--mask-threshold", 5),
+                                       "--prune-method threshold --mask-threshold 5.0 keeps no weight of "
+                                       "encoder.embed_tokens"),
 }
 
 

@@ -100,12 +100,22 @@ class OneLayerTransformerModel(TransformerModelBase):
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
     def train(self, mode: bool = True):
-        # Once, when training starts: fairseq's Trainer calls this before its step, whose errors
-        # would first save a crash.pt.
-        if mode and not getattr(self, "masks_checked", True):
+        if mode:  # at the latest before the first step, whose errors would first save a crash.pt
+            self.check_masks_once()
+        return super().train(mode)
+
+    def max_positions(self):
+        # fairseq-train asks this once the checkpoint is restored and before its data-loader
+        # workers start (an error after that ends in their shutdown traceback); decoding asks in
+        # eval mode, where a trained model is never refused.
+        if self.training:
+            self.check_masks_once()
+        return super().max_positions()
+
+    def check_masks_once(self):
+        if not getattr(self, "masks_checked", True):
             check_every_mask_keeps_a_weight(self)
             self.masks_checked = True
-        return super().train(mode)
 
     def set_num_updates(self, num_updates):
         super().set_num_updates(num_updates)
