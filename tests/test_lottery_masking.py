@@ -57,7 +57,8 @@ def test_one_coat_is_the_plain_mask():
     for method in ("super_mask", "topk", "threshold", "sigmoid_threshold"):
         config = MaskConfig(method=method, prune_ratio=0.4, threshold=0.3)
         plain = select_mask(scores, method, 0.4, 0.3)
-        assert config.values(scores).dtype == torch.bool and torch.equal(config.values(scores), plain)
+        assert config.values(scores).dtype == torch.float32 and torch.equal(config.values(scores), plain.float())
+        assert torch.equal(config.values(scores, torch.float16), plain.half())
         assert torch.equal(config.levels(scores), plain.to(torch.uint8))
     assert [level_bits(c) for c in (1, 2, 3, 4, 7, 8)] == [1, 2, 2, 3, 3, 4]  # ceil(log2(C + 1))
 

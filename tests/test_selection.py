@@ -34,6 +34,25 @@ def test_ties_still_keep_exactly_k_lowest_index_first(dtype):
         assert torch.equal(m, naive_edge_popup_mask(few_values, ratio).bool())
 
 
+@pytest.mark.parametrize("on_host", [True, False], ids=["host path", "device path"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_floating_mask_is_the_boolean_mask_as_ones_and_zeros(dtype, on_host):
+    """What multiplies the weights (1/0 in their dtype) keeps the same weights as the boolean mask,
+    ties included, on both selection paths and for every rule."""
+    g = torch.Generator().manual_seed(3)
+    tied = torch.randint(0, 3, (4, 70_000), generator=g).float()  # narrowing path, ties at the threshold
+    for values in (torch.randn(5, 300, generator=g), tied, torch.zeros(2, 50)):
+        for k in (1, values.shape[1] // 3, values.shape[1]):
+            plain = topk_mask(values, k, on_host=on_host)
+            ones = topk_mask(values, k, on_host=on_host, dtype=dtype)
+            assert ones.dtype == dtype and torch.equal(ones, plain.to(dtype)), (values.shape, k)
+    scores = torch.randn(3, 40, 30, generator=g)
+    for method in ("super_mask", "topk", "threshold", "sigmoid_threshold"):
+        plain = select_mask(scores, method, 0.4, 0.55 if method == "sigmoid_threshold" else 0.1)
+        ones = select_mask(scores, method, 0.4, 0.55 if method == "sigmoid_threshold" else 0.1, dtype)
+        assert ones.dtype == dtype and torch.equal(ones, plain.to(dtype)) and 0 < int(plain.sum()) < plain.numel()
+
+
 def test_batched_selection_equals_per_layer_selection():
     scores = torch.randn(6, 30, 20)
     batched = select_mask(scores, "super_mask", 0.5)

@@ -48,9 +48,9 @@ class MaskConfig:
         return mask_levels(scores, self.method, self.prune_ratio, self.coats, self.threshold)
 
     def values(self, scores: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """What multiplies each weight: boolean for one coat, multiples of 1/coats in ``dtype`` else."""
+        """What multiplies each weight, in ``dtype``: the plain mask as 1/0 for one coat, multiples of 1/coats else."""
         if self.coats == 1:
-            return select_mask(scores, self.method, self.prune_ratio, self.threshold)  # exactly the plain mask
+            return select_mask(scores, self.method, self.prune_ratio, self.threshold, dtype)
         return self.levels(scores).to(dtype).div_(self.coats)
 
 
@@ -96,8 +96,8 @@ class _StraightThroughMask(torch.autograd.Function):
 
 
 def _apply_mask(weight, mask):
-    # The boolean mask is promoted on the fly (no float copy); on CPU this is faster than
-    # torch.where. Removed weights become +-0, which every consumer treats as zero.
+    # The mask holds the weight's dtype (a boolean one would be promoted element by element,
+    # several times slower on CPU). Removed weights become +-0, which every consumer treats as zero.
     return weight * mask
 
 
@@ -250,10 +250,11 @@ class MaskedWeight(nn.Module):
         return self.mask_config.kept(scores.detach())
 
     def mask_values(self) -> torch.Tensor:
-        """What multiplies the random weight: ``mask()`` for one coat, multiples of 1/coats for more."""
+        """What multiplies the random weight, in its dtype: ``mask()`` as 1/0 for one coat, multiples
+        of 1/coats for more."""
         scores = self.score_tensor
         if scores is None:
-            return torch.ones_like(self.random_weight, dtype=torch.bool)
+            return torch.ones_like(self.random_weight)
         return self.mask_config.values(scores.detach(), self.random_weight.dtype)
 
     @property

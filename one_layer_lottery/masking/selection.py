@@ -1,7 +1,9 @@
 """Which weights a mask keeps: exact top-k and threshold rules over score tensors.
 
-Pure PyTorch. Every function returns a boolean mask of the scores' shape and never
-touches autograd (the straight-through estimator lives in ``modules.py``).
+Pure PyTorch. Every function returns a mask of the scores' shape, boolean unless a floating
+``dtype`` asks for the 1/0 values that multiply the weights (made as such: on CPU a boolean
+mask costs several times more to make and to multiply by), and never touches autograd (the
+straight-through estimator lives in ``modules.py``).
 """
 import math
 from typing import Optional
@@ -57,8 +59,9 @@ def selects_on_host(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def topk_mask(values: torch.Tensor, k: int, on_host: Optional[bool] = None) -> torch.Tensor:
-    """Boolean mask keeping exactly the ``k`` largest entries of each row of ``values``.
+def topk_mask(values: torch.Tensor, k: int, on_host: Optional[bool] = None,
+              dtype: torch.dtype = torch.bool) -> torch.Tensor:
+    """Mask (of ``dtype``) keeping exactly the ``k`` largest entries of each row of ``values``.
 
     ``values`` is (rows, n) or (n,). Selection without a full sort: the (n-k)-th smallest
     value is the threshold (``kthvalue`` on the host path, ``topk(sorted=False)`` on the
@@ -74,7 +77,7 @@ def topk_mask(values: torch.Tensor, k: int, on_host: Optional[bool] = None) -> t
     if not 0 < k <= n:
         raise ValueError(f"topk_mask: k={k} is outside [1, {n}]")
     if k == n:
-        mask = torch.ones_like(rows, dtype=torch.bool)
+        mask = torch.ones_like(rows, dtype=dtype)
         return mask[0] if squeeze else mask
     if on_host is None:
         on_host = selects_on_host(rows.device)
@@ -82,21 +85,28 @@ def topk_mask(values: torch.Tensor, k: int, on_host: Optional[bool] = None) -> t
         # (n-k)-th smallest: everything strictly above it is kept (k of them without ties).
         found = [_kth_smallest_and_count_above(row, n - k) for row in rows]
         threshold = torch.stack([t for t, _ in found]).unsqueeze(1)
-        mask = rows > threshold
+        mask = greater(rows, threshold, dtype)
         missing = torch.tensor([[k - above] for _, above in found])
         fill = any(k != above for _, above in found)
     else:
         # Smallest of the k largest: everything strictly above it is kept (k-1 without ties).
         threshold = rows.topk(k, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
-        mask = rows > threshold
-        missing = k - mask.sum(dim=1, keepdim=True)
+        mask = greater(rows, threshold, dtype)
+        missing = k - mask.sum(dim=1, keepdim=True, dtype=torch.int64)
         fill = True  # branch-free: no host round-trip
     # Rows short of k are filled from the entries equal to the threshold, lowest index first.
     if fill:
         ties = rows == threshold
         rank = ties.to(torch.int32).cumsum(dim=1)
-        mask |= ties & (rank <= missing)
+        mask.masked_fill_(ties & (rank <= missing), 1)
     return mask[0] if squeeze else mask
+
+
+def greater(values: torch.Tensor, threshold, dtype: torch.dtype = torch.bool) -> torch.Tensor:
+    """``values > threshold`` as a mask of ``dtype`` (1/0 for a floating one), written as such."""
+    if dtype == torch.bool:
+        return values > threshold
+    return torch.gt(values, threshold, out=torch.empty(values.shape, dtype=dtype, device=values.device))
 
 
 # Below this size a plain kthvalue is as fast as narrowing the search first.
@@ -145,8 +155,9 @@ def select_mask(
     method: str,
     prune_ratio: float,
     threshold: float = 0.0,
+    dtype: torch.dtype = torch.bool,
 ) -> torch.Tensor:
-    """Boolean mask of the weights a virtual layer keeps, given its scores.
+    """Mask of the weights a virtual layer keeps, given its scores: boolean, or 1/0 in a floating ``dtype``.
 
     ``scores`` may carry leading batch dimensions: for top-k methods the selection is done
     per entry of dim 0 when ``scores`` is 3-D or more (one call for N virtual layers),
@@ -160,12 +171,12 @@ def select_mask(
     check_prune_method(method)
     with torch.no_grad():
         if method == "threshold":
-            return scores > threshold
+            return greater(scores, threshold, dtype)
         if method == "sigmoid_threshold":
-            return torch.sigmoid(scores) > threshold
+            return greater(torch.sigmoid(scores), threshold, dtype)
         flat = ranked_rows(scores, method)
         k = num_kept(flat.shape[-1], prune_ratio)
-        return topk_mask(flat, k).view(scores.shape)
+        return topk_mask(flat, k, dtype=dtype).view(scores.shape)
 
 
 def ranked_rows(scores: torch.Tensor, method: str) -> torch.Tensor:
