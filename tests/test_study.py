@@ -292,3 +292,21 @@ def test_spec_layers_and_errors(tmp_path):
     bad.write_text("data: x\nresults: r\nwork: w\nexperiments:\n  - {name: a, embeddings_from: z-s1}\n")
     with pytest.raises(StudyError, match="not a run of this study"):
         load(str(bad))
+
+
+def test_the_methods_study_shares_the_600_update_studys_runs():
+    """configs/study/multi30k-methods.yaml reads dense and paper-init from the 600-update study's result
+    files: the same folders and data, and every run both name is the same run (flags, seed, embeddings)."""
+    main = load(str(ROOT / "configs" / "study" / "multi30k.yaml"))
+    methods = load(str(ROOT / "configs" / "study" / "multi30k-methods.yaml"))
+    for key in ("data", "references", "lowercase", "results", "work", "generate", "reference_experiment"):
+        assert getattr(methods, key) == getattr(main, key), key
+    shared = {r.id for r in methods.runs} & {r.id for r in main.runs}
+    assert {"dense-s1", "dense-s3", "paper-init-s1", "paper-init-s3"} <= shared
+    for run_id in shared:
+        assert methods.run(run_id) == main.run(run_id), run_id
+    new = {r.id for r in methods.runs} - shared
+    assert {"coats-3-s1", "iterand-s1", "gains-s1", "qk-scale-s1", "layernorm-affine-s1"} <= new
+    for run_id in new:  # each method is one switch on paper-init
+        flags, base = methods.run(run_id).flags, main.run("paper-init-s1").flags
+        assert {k: v for k, v in flags.items() if k in base} == base and len(flags) > len(base), run_id
