@@ -68,7 +68,7 @@ def test_step_peak_counts_what_is_held_at_once():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--warmup", "0"], "--warmup must be at least 1"),
+    (["--warmup", "-1"], "--warmup must be at least 0, got -1"),
     (["--steps", "0"], "--steps and --gen-reps must be at least 1"),
     (["--dims", "30"], "--dims 30: an embedding size must be a positive multiple of the 4 heads"),
 ])
