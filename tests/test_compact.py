@@ -70,6 +70,7 @@ CASES = {
     "pretrained_unmasked_embeddings": (("--encoder-embed-path", "{enc}", "--embed-no-mask", "--prune-ratio", 0.3),
                                        False),
     "coats_gains_qk_scale": (("--mask-coats", 3, "--learned-gains", "--qk-init-scale", 0.5), False),
+    "layers_unmasked": (("--layers-no-mask", "--mask-layernorm-type", "normal_layernorm"), False),
 }
 
 

@@ -26,6 +26,7 @@ METHODS = {
     "gains": ("--learned-gains", "--need-bias"),
     "qk_scale": ("--qk-init-scale", 0.25, "--attention-init", "fairseq_xavier"),
     "all": ("--mask-coats", 2, "--rerand-interval", 3, "--learned-gains", "--qk-init-scale", 2.0),
+    "layers_unmasked": ("--layers-no-mask", "--mask-layernorm-type", "normal_layernorm"),
 }
 
 
@@ -188,6 +189,31 @@ def test_dense_export_of_every_method_computes_the_masked_model(method, sample_b
             gains = m.gains.detach().unsqueeze(1) if m.gains is not None else 1.0
             expected = m.random_weight * m.mask_values() * gains
             assert torch.equal(state[f"{name}.weight"], expected), name
+
+
+def test_the_control_without_any_mask_is_a_compact_file_and_a_dense_model(sample_bin, tmp_path):
+    """--layers-no-mask with fixed, unmasked pre-trained embeddings: no mask anywhere, only LayerNorms
+    train; its compact file and its dense export compute the model."""
+    from test_compact import _embedding_file
+
+    _, task0, _ = build(sample_bin, *SMALL)
+    enc = _embedding_file(tmp_path / "enc.vec", task0.source_dictionary, 32, 1)
+    dec = _embedding_file(tmp_path / "dec.vec", task0.target_dictionary, 32, 2)
+    model, task, cfg = build(sample_bin, *SMALL, "--layers-no-mask", "--embed-no-mask", "--encoder-embed-path", enc,
+                             "--decoder-embed-path", dec, "--mask-layernorm-type", "normal_layernorm")
+    assert not _masked(model)
+    like_trained(model, seed=5)
+    path = tmp_path / "sub.olls"
+    compact.write(path, model, cfg, task)
+    assert file_reader.read(path).header["masks"] == []
+    rebuilt, _, _ = compact.load(path)
+    batch = first_batch(task)
+    for x, y in zip(forward(model, batch), forward(rebuilt, batch)):
+        assert torch.equal(x, y)
+    _, info = dense_checkpoint(model, cfg, task)
+    with torch.no_grad():
+        ours, theirs = model(**batch["net_input"])[0], info["model"](**batch["net_input"])[0]
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-5) and torch.equal(ours.argmax(-1), theirs.argmax(-1))
 
 
 ALL_METHODS = (*TINY, "--mask-coats", 3, "--rerand-interval", 10, "--rerand-fraction", 0.5, "--learned-gains",

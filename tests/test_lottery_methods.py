@@ -201,3 +201,55 @@ def test_mask_statistics_count_coats_values_and_gains(sample_bin):
     assert after["mask_kept/encoder.1"] == 0.5 and after["mask_flipped/encoder.1"] > 0
     plain, _, _ = build(sample_bin, *SMALL)
     assert not any(k.startswith(("mask_value", "mask_gain")) for k in model_mask_stats(plain)[0])
+
+
+# -- --layers-no-mask: the control for the mask search ------------------------------------------
+def test_layers_no_mask_uses_the_same_random_layers_whole(sample_bin):
+    """The layers are the random weights of the masked model, unmasked and with no scores; only the
+    embeddings' and output projection's scores train (and, when asked, LayerNorm affine parameters)."""
+    masked, _, _ = build(sample_bin, *SMALL)
+    control, _, _ = build(sample_bin, *SMALL, "--layers-no-mask")
+    layers = {n: m for n, m in control.named_modules() if isinstance(m, MaskedWeight) and ".layers." in n}
+    assert len(layers) == 3 * 6 + 2 * 10
+    for name, m in layers.items():
+        assert not m.is_masked and m.score_tensor is None and torch.equal(m.weight, m.random_weight), name
+    assert control.encoder.embed_tokens.is_masked and control.decoder.embed_tokens.is_masked
+    trained = {n for n, p in control.named_parameters() if p.requires_grad}
+    # SMALL's output projection is not tied to the embeddings: it keeps its own scores, like them
+    assert trained == {"encoder.embed_tokens.scores", "decoder.embed_tokens.scores", "decoder.output_projection.scores"}
+    ours, theirs = control.state_dict(), masked.state_dict()
+    assert set(ours) == {k for k in theirs if not (k.endswith("scores") and ".layers." in k)}
+    for key in ours:
+        if key != "_extra_state":
+            assert torch.equal(ours[key], theirs[key]), key  # the same random body, the same embedding scores
+    assert _record(ours)["--layers-no-mask"] is True and _record(theirs)["--layers-no-mask"] is False
+    with pytest.raises(ValueError, match=re.escape("--layers-no-mask: the checkpoint's is False, this model's is True")):
+        control.load_state_dict(masked.state_dict(), strict=False)
+    with_norms, _, _ = build(sample_bin, *SMALL, "--layers-no-mask", "--embed-no-mask",
+                             "--mask-layernorm-type", "normal_layernorm")
+    trained = [n for n, p in with_norms.named_parameters() if p.requires_grad]
+    assert trained and all("layer_norm" in n for n in trained)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--learned-gains",), "--learned-gains acts on masked layer matrices, and --layers-no-mask leaves none"),
+    (("--rerand-interval", 5), "--rerand-interval acts on masked layer matrices, and --layers-no-mask leaves none"),
+    (("--embed-no-mask",), "nothing would train: --layers-no-mask with --embed-no-mask leaves no scores"),
+])
+def test_layers_no_mask_refuses_what_would_have_no_effect(sample_bin, flags, message):
+    from one_layer_lottery.models.one_layer_transformer.options import OptionError
+
+    with pytest.raises(OptionError, match=re.escape(message)):
+        build(sample_bin, *SMALL, "--layers-no-mask", *flags)
+
+
+def test_layers_no_mask_trains_the_embedding_scores_and_leaves_the_layers_random(sample_bin):
+    trainer, logs = train_in_process(sample_bin, *SMALL, "--layers-no-mask", updates=2)
+    model = trainer.model
+    fresh, _, _ = build(sample_bin, *SMALL, "--layers-no-mask")
+    now, start = model.state_dict(), fresh.state_dict()
+    assert not torch.equal(now["encoder.embed_tokens.scores"], start["encoder.embed_tokens.scores"])
+    for key in now:
+        if not key.endswith("scores") and key != "_extra_state":
+            assert torch.equal(now[key], start[key]), key
+    assert all(math.isfinite(log["loss"]) for log in logs)

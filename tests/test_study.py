@@ -305,8 +305,12 @@ def test_the_methods_study_shares_the_600_update_studys_runs():
     assert {"dense-s1", "dense-s3", "paper-init-s1", "paper-init-s3"} <= shared
     for run_id in shared:
         assert methods.run(run_id) == main.run(run_id), run_id
+    assert "small+emb-nomask-s1" in shared
     new = {r.id for r in methods.runs} - shared
-    assert {"coats-3-s1", "iterand-s1", "gains-s1", "qk-scale-s1", "layernorm-affine-s1"} <= new
-    for run_id in new:  # each method is one switch on paper-init
-        flags, base = methods.run(run_id).flags, main.run("paper-init-s1").flags
-        assert {k: v for k, v in flags.items() if k in base} == base and len(flags) > len(base), run_id
+    assert new == {"coats-3-s1", "iterand-s1", "gains-s1", "qk-scale-s1", "layernorm-affine-s1",
+                   "random-layers+emb-nomask-s1"}
+    for run_id in new:  # each method is a switch on paper-init; the control one on small+emb-nomask
+        base = main.run("small+emb-nomask-s1" if run_id.startswith("random-layers") else "paper-init-s1")
+        flags = methods.run(run_id).flags
+        assert {k: v for k, v in flags.items() if k in base.flags} == base.flags and len(flags) > len(base.flags)
+        assert methods.run(run_id).embeddings_from == base.embeddings_from, run_id

@@ -58,7 +58,7 @@ def read_record(saved: torch.Tensor) -> dict:
 # Options added after checkpoints began recording theirs, with their defaults: a record without
 # one was written before the option existed, when the model behaved as under the default.
 ADDED_LATER = {"--authors-init": False, "--mask-coats": 1, "--rerand-interval": 0, "--rerand-fraction": 0.1,
-               "--learned-gains": False, "--qk-init-scale": 1.0}
+               "--learned-gains": False, "--qk-init-scale": 1.0, "--layers-no-mask": False}
 
 
 def mismatches(saved: dict, current: dict) -> list:

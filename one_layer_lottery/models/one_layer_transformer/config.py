@@ -86,6 +86,11 @@ class OneLayerTransformerConfig(FairseqDataclass):
         default=False, metadata={"help": "embeddings are fixed and not masked (no scores)", **RECORDED})
     need_bias: bool = field(
         default=False, metadata={"help": "add trained biases to the masked linear layers", **RECORDED})
+    layers_no_mask: bool = field(
+        default=False,
+        metadata={"help": "the control for the mask search: the layers' random weights are used whole (no scores); "
+                          "what trains is what else the flags make trainable (masked embeddings, LayerNorm affine, "
+                          "biases)", **RECORDED})
     # -- strong-lottery-ticket methods since the paper (README.md, Options) ----------------------
     mask_coats: int = field(
         default=1,

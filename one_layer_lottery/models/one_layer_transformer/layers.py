@@ -46,6 +46,7 @@ class MaskOptions:
     learned_gains: bool = False  # a trained scale per output row of every layer matrix
     qk_init_scale: float = 1.0  # multiplies the random query and key projections
     rerand: RerandSchedule = RerandSchedule()  # IteRand redraws of removed layer weights
+    layers_no_mask: bool = False  # the layers' random weights used whole: the control for the mask search
 
     def new_scores(self, shape, name):
         return nn.Parameter(self.score_init.sample(shape, self.seed, name))
@@ -77,15 +78,16 @@ class SharedWeights(nn.Module):
             if key not in self.weights:
                 self.weights[key] = RandomWeight(shape, init, opts.seed, shared_name)
             random, own_random = self.weights[key], False
-            scores = opts.new_scores(shape, layer_name)
         else:
             random, own_random = RandomWeight(shape, init, opts.seed, layer_name), True
-            if opts.share_mask == "layer_mask":
-                if key not in self.scores:
-                    self.scores[key] = SharedScores(opts.score_init.sample(shape, opts.seed, shared_name))
-                scores = self.scores[key]
-            else:
-                scores = opts.new_scores(shape, layer_name)
+        if opts.layers_no_mask:
+            scores = None
+        elif opts.share_mask == "layer_mask":
+            if key not in self.scores:
+                self.scores[key] = SharedScores(opts.score_init.sample(shape, opts.seed, shared_name))
+            scores = self.scores[key]
+        else:
+            scores = opts.new_scores(shape, layer_name)
         bias = "trained" if opts.need_bias else ("zero" if zero_bias else "none")
         return MaskedLinear(random, opts.mask, scores, own_random=own_random, bias=bias, gains=opts.learned_gains)
 

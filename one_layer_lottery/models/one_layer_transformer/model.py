@@ -60,6 +60,10 @@ class OneLayerTransformerModel(TransformerModelBase):
         encoder = OneLayerTransformerEncoder(tcfg, src_dict, enc_emb, opts)
         decoder = OneLayerTransformerDecoder(tcfg, tgt_dict, dec_emb, opts)
         model = cls(tcfg, encoder, decoder)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise OptionError("nothing would train: --layers-no-mask with --embed-no-mask leaves no scores; let "
+                              "LayerNorm affine parameters (--mask-layernorm-type normal_layernorm) or biases "
+                              "(--need-bias) train")
         model.mask_options = opts
         model.masks_checked = False
         model.recorded_options = recorded_options(args)

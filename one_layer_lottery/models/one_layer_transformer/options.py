@@ -55,6 +55,11 @@ def _mask_options(args: argparse.Namespace) -> MaskOptions:
     mask = MaskConfig(str(args.prune_method), args.prune_ratio, float(args.mask_threshold), args.mask_coats)
     check_positive("--qk-init-scale", args.qk_init_scale)
     authors_init = bool(args.authors_init)
+    rerand = RerandSchedule(args.rerand_interval, args.rerand_fraction)
+    if args.layers_no_mask:
+        for flag, used in (("--learned-gains", args.learned_gains), ("--rerand-interval", rerand.interval)):
+            if used:
+                raise OptionError(f"{flag} acts on masked layer matrices, and --layers-no-mask leaves none")
     return MaskOptions(
         mask=mask,
         weight_init=masked_weight_init(str(args.init), bool(args.scale_fan), mask.prune_ratio, authors_init),
@@ -64,12 +69,13 @@ def _mask_options(args: argparse.Namespace) -> MaskOptions:
         layernorm_type=_choice("--mask-layernorm-type", args.mask_layernorm_type, LAYERNORM_TYPES),
         need_bias=bool(args.need_bias),
         embed_no_mask=bool(args.embed_no_mask),
+        layers_no_mask=bool(args.layers_no_mask),
         seed=int(args.seed),
         scale_fan=bool(args.scale_fan),
         authors_init=authors_init,
         learned_gains=bool(args.learned_gains),
         qk_init_scale=float(args.qk_init_scale),
-        rerand=RerandSchedule(args.rerand_interval, args.rerand_fraction),
+        rerand=rerand,
     )
 
 
