@@ -192,6 +192,6 @@ def test_the_record_holds_the_options_the_config_marks_recorded(sample_bin):
         "--prune-ratio": 0.5, "--prune-method": "super_mask", "--mask-threshold": 0.0, "--share-mask": "layer_weights",
         "--init": "kaiming_uniform", "--scale-fan": False, "--authors-init": False, "--attention-init": "same",
         "--mask-init": "standard", "--mask-constant": 1.0, "--mask-layernorm-type": "normal_layernorm",
-        "--need-bias": True, "--embed-no-mask": False, "--mask-coats": 1, "--rerand-interval": 0,
-        "--rerand-fraction": 0.1, "--learned-gains": False, "--qk-init-scale": 1.0, "--seed": 5}
+        "--need-bias": True, "--embed-no-mask": False, "--layers-no-mask": False, "--mask-coats": 1,
+        "--rerand-interval": 0, "--rerand-fraction": 0.1, "--learned-gains": False, "--qk-init-scale": 1.0, "--seed": 5}
     assert sorted(record) == sorted("--" + name.replace("_", "-") for name in RECORDED_OPTIONS)
