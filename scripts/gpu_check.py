@@ -11,7 +11,8 @@ Without a GPU it says so, writes a report saying so, and exits 0. Every step has
 a total budget (GPU_CHECK_BUDGET_S, default 450 s), so the whole check ends in under 8 minutes.
 
 ``--rehearse-on-cpu`` runs every step on the CPU with tiny sizes, to test this script where there is no
-GPU; its figures mean nothing.
+GPU; its figures mean nothing. ``--steps tests,bench`` runs only the steps named (tests, bench,
+training), for example to repeat one that failed; the report and summary hold those steps alone.
 """
 import argparse
 import json
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 USER_DIR = str(ROOT / "one_layer_lottery")
 TARGETS = {"train_step_ratio": 1.15, "generate_ratio": 1.03}  # masked/dense, at most
+STEPS = ("tests", "bench", "training")
 
 # fairseq-train in this process's interpreter, then the CUDA allocator's peaks as JSON in argv[1].
 TRAIN_WITH_PEAK = """
@@ -188,10 +190,12 @@ def summary(report):
     lines = [f"gpu_check ({'CPU REHEARSAL: the figures mean nothing' if report['rehearsal'] else 'GPU'})",
              f"torch {env['torch']}, CUDA {env['cuda']}, GPU: {env.get('gpu_name', 'none')}"
              + (f" ({env['gpu_memory_bytes'] / 2**30:.0f} GiB)" if "gpu_memory_bytes" in env else "")]
-    t = report["gpu_tests"]
-    lines.append(f"tests marked gpu: {t.get('passed', '?')} passed, {t.get('failures', 0) + t.get('errors', 0)} failed, "
-                 f"{t.get('skipped', 0)} skipped ({t['seconds']} s)" + "".join(f"\n  FAILED {n}" for n in t.get("failed", [])))
-    for dtype in ("fp16", "bf16"):
+    t = report.get("gpu_tests")
+    if t is not None:
+        lines.append(f"tests marked gpu: {t.get('passed', '?')} passed, {t.get('failures', 0) + t.get('errors', 0)} "
+                     f"failed, {t.get('skipped', 0)} skipped ({t['seconds']} s)"
+                     + "".join(f"\n  FAILED {n}" for n in t.get("failed", [])))
+    for dtype in ("fp16", "bf16") if "bench" in report["steps"] else ():
         b = report[f"bench_{dtype}"]
         if b["ok"]:
             peak = b.get("peak_memory_bytes", {})
@@ -200,8 +204,10 @@ def summary(report):
                          + (f", peak memory {peak['masked'] / 2**20:.0f} / {peak['dense'] / 2**20:.0f} MiB" if peak else ""))
         else:
             lines.append(f"bench {dtype}: FAILED (exit {b['exit']}, see bench-{dtype}.log)")
-    tr = report["training"]
-    if tr["ok"]:
+    tr = report.get("training")
+    if tr is None:
+        pass
+    elif tr["ok"]:
         g = tr["generate"]
         mem = tr.get("peak_gpu_memory", {})
         lines.append(f"training: {tr['updates']} updates on {tr['corpus']} in {tr['seconds']} s"
@@ -212,20 +218,32 @@ def summary(report):
     for name, t in report["targets"].items():
         if t is not None:
             lines.append(f"target {name} <= {t['limit']}: {t['value']:.3f} {'met' if t['met'] else 'MISSED'}")
-    lines.append(f"total {report['seconds']} s; {'all steps ran' if report['ok'] else 'SOME STEPS FAILED'}")
+    ran = "all steps ran" if set(report["steps"]) == set(STEPS) else f"steps {', '.join(report['steps'])} ran"
+    lines.append(f"total {report['seconds']} s; {ran if report['ok'] else 'SOME STEPS FAILED'}")
     return "\n".join(lines) + "\n"
+
+
+def _steps(text):
+    steps = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown or not steps:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or 'no step'}: not a step; the steps are "
+                                         f"{', '.join(STEPS)}")
+    return [s for s in STEPS if s in steps]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="one-shot GPU check: tests, benchmark, short training run")
     parser.add_argument("out_dir")
     parser.add_argument("--rehearse-on-cpu", action="store_true", help="run every step on the CPU, tiny (for tests)")
+    parser.add_argument("--steps", type=_steps, default=list(STEPS),
+                        help=f"comma-separated steps to run, of {', '.join(STEPS)} (default: all)")
     args = parser.parse_args(argv)
     out = Path(args.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     env = environment()
-    report = {"environment": env, "rehearsal": args.rehearse_on_cpu}
+    report = {"environment": env, "rehearsal": args.rehearse_on_cpu, "steps": args.steps}
     if not env["gpu"] and not args.rehearse_on_cpu:
         build = f"built for CUDA {env['cuda']}" if env["cuda"] else "a CPU-only build"
         message = f"gpu_check: no CUDA GPU is available (torch {env['torch']}, {build}); nothing was checked"
@@ -235,13 +253,19 @@ def main(argv=None):
         print(message)
         return 0
     budget = Budget(float(os.environ.get("GPU_CHECK_BUDGET_S", 450)))
-    report["gpu_tests"] = gpu_tests(out, budget, args.rehearse_on_cpu)
-    for dtype in ("fp16", "bf16"):
+    ran = []
+    if "tests" in args.steps:
+        report["gpu_tests"] = gpu_tests(out, budget, args.rehearse_on_cpu)
+        ran.append("gpu_tests")
+    for dtype in ("fp16", "bf16") if "bench" in args.steps else ():
         report[f"bench_{dtype}"] = bench(out, budget, dtype, args.rehearse_on_cpu)
-    report["training"] = training(out, budget, args.rehearse_on_cpu)
+        ran.append(f"bench_{dtype}")
+    if "training" in args.steps:
+        report["training"] = training(out, budget, args.rehearse_on_cpu)
+        ran.append("training")
     report["targets"] = targets(report)
     report["seconds"] = round(time.monotonic() - start, 1)
-    report["ok"] = all(report[k]["ok"] for k in ("gpu_tests", "bench_fp16", "bench_bf16", "training"))
+    report["ok"] = all(report[k]["ok"] for k in ran)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     text = summary(report)
     (out / "summary.txt").write_text(text)

@@ -1,10 +1,16 @@
+import atexit
 import copy
 import fcntl
 import functools
+import json
 import os
+import select
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -26,11 +32,107 @@ SHARED = ROOT.parent / "shared" / "data"
 USER_DIR = str(ROOT / "one_layer_lottery")
 
 
+class _CommandServer:
+    """tests/command_server.py, started with one environment; see run_command."""
+
+    def __init__(self, env, folder):
+        self.folder = folder
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "command_server.py")], cwd=ROOT, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=open(folder / "server.log", "wb"), bufsize=0)
+        self.pending = b""
+        if self._answer(300) != "ready":
+            raise RuntimeError(f"the command server did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
+
+    def _answer(self, timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([fd], [], [], left)[0]:
+                raise TimeoutError
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise RuntimeError(f"the command server ended:\n{(self.folder / 'server.log').read_text()[-3000:]}")
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return line.decode()
+
+    def run(self, request, timeout):
+        """The command's exit status, as subprocess gives it (negative: the signal that ended it)."""
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        pid = json.loads(self._answer(60))["pid"]
+        try:
+            return json.loads(self._answer(timeout))["status"]
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)
+            self._answer(60)
+            raise
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_SERVERS = {}
+
+
+def _stop_servers():
+    for server in _SERVERS.values():
+        server.close()
+
+
+atexit.register(_stop_servers)
+
+
+def _server_request(cmd):
+    """(script, module) when ``cmd`` is a fairseq console script or ``python -m module``, else None."""
+    if cmd[0].startswith(str(BIN / "fairseq-")):
+        return cmd[0], None
+    if cmd[:2] == [sys.executable, "-m"] and len(cmd) > 2:
+        return None, cmd[2]
+    return None
+
+
+def run_command(cmd, *, cwd=None, env=None, input=None, timeout=600):
+    """``subprocess.run(cmd, capture_output=True, text=True, ...)`` for one of fairseq's console
+    scripts or ``python -m <module>``: run in a fork of a command server (tests/command_server.py)
+    that has imported torch and fairseq once, which spares each command the 4 to 5 s of a fresh
+    interpreter's imports. One server per environment a test asks for; other commands, and every
+    command when TEST_FRESH_PROCESSES=1, run as fresh processes. Tests about what a program prints
+    while it imports (start-up noise, warnings) start fresh processes themselves."""
+    cmd = [str(c) for c in cmd]
+    env = dict(os.environ if env is None else env)
+    kind = _server_request(cmd)
+    if kind is None or os.environ.get("TEST_FRESH_PROCESSES") == "1":
+        return subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=env,
+                              input=input, stdin=None if input is not None else subprocess.DEVNULL)
+    server_env = {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}
+    key = tuple(sorted(server_env.items()))
+    if key not in _SERVERS:
+        _SERVERS[key] = _CommandServer(server_env, Path(tempfile.mkdtemp(prefix="command-server-")))
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {name: os.path.join(tmp, name) for name in ("stdin", "stdout", "stderr")}
+        with open(files["stdin"], "w") as f:
+            f.write(input or "")
+        script, module = kind
+        request = {"script": script, "module": module, "argv": cmd[:1] if script else ["-m"], "cwd": str(cwd or ROOT),
+                   "env": env, **files}
+        request["argv"] += cmd[1:] if script else cmd[3:]
+        try:
+            status = _SERVERS[key].run(request, timeout)
+        except TimeoutError:
+            raise subprocess.TimeoutExpired(cmd, timeout) from None
+        out, err = (Path(files[name]).read_text(errors="replace") for name in ("stdout", "stderr"))
+    return subprocess.CompletedProcess(cmd, status, out, err)
+
+
 def run_cli(name, *args, cwd=None, check=True, timeout=600):
     """Run one of fairseq's console scripts from this environment; returns the CompletedProcess."""
     cmd = [str(BIN / name), *map(str, args)]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = run_command(cmd, cwd=cwd or ROOT, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc

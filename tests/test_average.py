@@ -1,13 +1,12 @@
 """python -m one_layer_lottery.average_checkpoints on real fairseq-train checkpoints of the sample corpus."""
 import os
 import re
-import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, SMALL, USER_DIR, build, run_cli
+from conftest import ROOT, SMALL, USER_DIR, build, run_cli, run_command
 from one_layer_lottery.checkpoints.average import (
     AverageError,
     average_checkpoints,
@@ -22,9 +21,8 @@ MODEL = ["--arch", "one_layer_transformer_iwslt_de_en", "--encoder-embed-dim", 3
 
 def average_cli(*args, check=True):
     """``python -m one_layer_lottery.average_checkpoints ARGS`` in a fresh process."""
-    proc = subprocess.run([sys.executable, "-m", "one_layer_lottery.average_checkpoints", *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    proc = run_command([sys.executable, "-m", "one_layer_lottery.average_checkpoints", *map(str, args)],
+                       cwd=ROOT, timeout=300, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     if check and proc.returncode != 0:
         raise AssertionError(proc.stderr[-3000:])
     return proc

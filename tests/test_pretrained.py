@@ -8,13 +8,12 @@ where ../shared/data is present too.
 import json
 import os
 import shutil
-import subprocess
 import sys
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT, SHARED, train_in_process
+from conftest import ROOT, SHARED, run_command, train_in_process
 
 SHIPPED = ROOT / "data" / "pretrained"
 SOURCE_LINES = 600  # of the sample corpus's training text: enough for every word, quick to prepare
@@ -198,8 +197,8 @@ def test_an_empty_and_a_very_long_sentence_are_translated(sample_hub, caplog):
 
 
 def _translate(*args, stdin=""):
-    return subprocess.run([sys.executable, "-m", "one_layer_lottery.translate", *map(str, args)], input=stdin,
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    return run_command([sys.executable, "-m", "one_layer_lottery.translate", *map(str, args)], input=stdin,
+                       cwd=ROOT, timeout=600)
 
 
 def _in_process(hub, lines, batch_size):
@@ -297,12 +296,14 @@ def test_check_decodes_the_test_set_as_the_study_scored_the_checkpoint(sample_pr
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data")
 @pytest.mark.skipif(not SHIPPED.is_dir(), reason="data/pretrained/ is not built")
-def test_the_shipped_model_scores_the_test_bleu_its_result_file_records():
+def test_the_shipped_model_scores_the_test_bleu_its_result_file_records(monkeypatch):
     from one_layer_lottery.pretrained.build import check, in_root
     from one_layer_lottery.study import results
 
     provenance = json.loads((SHIPPED / "provenance.json").read_text())
     recorded = results.read(in_root(provenance["result_file"]))["test"]
+    # the suite's one long decode (1000 sentences, beam 5): its fairseq-generate may use every core
+    monkeypatch.setenv("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
     found = check(str(SHIPPED))
     assert (found["bleu"], len(found["hypotheses"])) == (recorded["bleu_tokenised"], recorded["sentences"])
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_command
 from one_layer_lottery import fairseq_logs
 from one_layer_lottery.checkpoints.dump_embeddings import embedding_tables
 from one_layer_lottery.study import embeddings, report, results
@@ -63,8 +63,8 @@ def write_study(folder, data, experiments):
 
 def study_cli(*args, timeout=600):
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "one_layer_lottery.study", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=ROOT)
+    return run_command([sys.executable, "-m", "one_layer_lottery.study", *map(str, args)], timeout=timeout, env=env,
+                       cwd=ROOT)
 
 
 def study_main(capsys, *args):
@@ -88,7 +88,7 @@ def finished(joined_bin, tmp_path_factory):
          "flags": {"prune-ratio": 0.5}},
         {"name": "small+emb", "about": "dense-s1's embeddings", "model": "one-layer", "seeds": [1, 2],
          "embeddings_from": "dense-s1", "flags": {"embed-no-mask": True}}])
-    proc = study_cli("run", path, "dense", "small-s1", "small+emb-s1")
+    proc = study_cli("run", path, "dense", "small-s1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return folder, path, proc
 
@@ -122,6 +122,9 @@ def test_run_writes_every_field(finished):
 
 def test_a_run_records_and_keeps_the_embeddings_it_takes(finished):
     folder, path, _ = finished
+    proc = study_cli("run", path, "small+emb-s1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "dense-s1: done" in proc.stdout and "dense-s1: training" not in proc.stdout
     table = folder / "results" / "dense-s1.embeddings.npz"
     first = results.read(str(folder / "results" / "small+emb-s1.json"))
     dense = results.read(str(folder / "results" / "dense-s1.json"))
