@@ -101,7 +101,8 @@ def plot(study: Study, rows: Dict[str, List[dict]], out_png: str, inputs=()) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (curves, bars) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100, gridspec_kw={"width_ratios": [1.1, 1]})
+    fig, (curves, bars) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100, gridspec_kw={"width_ratios": [1.1, 1]},
+                                       layout="constrained")
     colours = len(plt.rcParams["axes.prop_cycle"])  # past that many lines the colours repeat
     for i, (name, runs) in enumerate(rows.items()):
         by_update: Dict[int, List[float]] = {}
@@ -131,7 +132,6 @@ def plot(study: Study, rows: Dict[str, List[dict]], out_png: str, inputs=()) -> 
     bars.set_xlabel("test BLEU, tokenised (bar: mean; dots: seeds)")
     bars.grid(axis="x", alpha=0.3)
     fig.suptitle(study.title)
-    fig.tight_layout()
     output_directory(os.path.dirname(os.path.abspath(out_png)))
     with atomic_output(out_png, inputs) as tmp:
         fig.savefig(tmp, format="png")
