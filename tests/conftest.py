@@ -41,8 +41,12 @@ class _CommandServer:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=open(folder / "server.log", "wb"), bufsize=0)
         self.pending = b""
-        if self._answer(300) != "ready":
-            raise RuntimeError(f"the command server did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
+        self.ready = False
+
+    def _wait_ready(self):
+        if not self.ready and self._answer(300) != "ready":
+            raise RuntimeError(f"the command server did not start:\n{(self.folder / 'server.log').read_text()[-3000:]}")
+        self.ready = True
 
     def _answer(self, timeout):
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -60,6 +64,7 @@ class _CommandServer:
 
     def run(self, request, timeout):
         """The command's exit status, as subprocess gives it (negative: the signal that ended it)."""
+        self._wait_ready()
         self.proc.stdin.write((json.dumps(request) + "\n").encode())
         pid = json.loads(self._answer(60))["pid"]
         try:
@@ -95,6 +100,15 @@ def _server_request(cmd):
     return None
 
 
+def _server(env):
+    """The command server for ``env`` (started now if there is none: it imports while the caller goes on)."""
+    server_env = {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}
+    key = tuple(sorted(server_env.items()))
+    if key not in _SERVERS:
+        _SERVERS[key] = _CommandServer(server_env, Path(tempfile.mkdtemp(prefix="command-server-")))
+    return _SERVERS[key]
+
+
 def run_command(cmd, *, cwd=None, env=None, input=None, timeout=600):
     """``subprocess.run(cmd, capture_output=True, text=True, ...)`` for one of fairseq's console
     scripts or ``python -m <module>``: run in a fork of a command server (tests/command_server.py)
@@ -108,10 +122,7 @@ def run_command(cmd, *, cwd=None, env=None, input=None, timeout=600):
     if kind is None or os.environ.get("TEST_FRESH_PROCESSES") == "1":
         return subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=env,
                               input=input, stdin=None if input is not None else subprocess.DEVNULL)
-    server_env = {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}
-    key = tuple(sorted(server_env.items()))
-    if key not in _SERVERS:
-        _SERVERS[key] = _CommandServer(server_env, Path(tempfile.mkdtemp(prefix="command-server-")))
+    server = _server(env)
     with tempfile.TemporaryDirectory() as tmp:
         files = {name: os.path.join(tmp, name) for name in ("stdin", "stdout", "stderr")}
         with open(files["stdin"], "w") as f:
@@ -121,17 +132,26 @@ def run_command(cmd, *, cwd=None, env=None, input=None, timeout=600):
                    "env": env, **files}
         request["argv"] += cmd[1:] if script else cmd[3:]
         try:
-            status = _SERVERS[key].run(request, timeout)
+            status = server.run(request, timeout)
         except TimeoutError:
             raise subprocess.TimeoutExpired(cmd, timeout) from None
         out, err = (Path(files[name]).read_text(errors="replace") for name in ("stdout", "stderr"))
     return subprocess.CompletedProcess(cmd, status, out, err)
 
 
+def _cli_env():
+    return dict(os.environ, PYTHONWARNINGS="ignore")
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput") and os.environ.get("TEST_FRESH_PROCESSES") != "1":  # a pytest-xdist worker
+        _server(_cli_env())  # run_cli's server imports while this worker collects the tests
+
+
 def run_cli(name, *args, cwd=None, check=True, timeout=600):
     """Run one of fairseq's console scripts from this environment; returns the CompletedProcess."""
     cmd = [str(BIN / name), *map(str, args)]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env = _cli_env()
     proc = run_command(cmd, cwd=cwd or ROOT, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")

@@ -126,7 +126,9 @@ def plot(study: Study, rows: Dict[str, List[dict]], out_png: str, inputs=()) -> 
     for i, n in enumerate(names):
         seeds = _test(rows[n], "bleu_tokenised")
         bars.plot(seeds, [i] * len(seeds), "k.", ms=6)
-        bars.text(max(means[i], *seeds) + 0.4, i, f"{means[i]:.2f}", va="center", fontsize=8)  # right of every dot
+        bars.annotate(f"{means[i]:.2f}", (max(means[i], *seeds), i), xytext=(4, 0), textcoords="offset points",
+                      va="center", fontsize=8)  # right of every dot, whatever the scale of the axis
+    bars.margins(x=0.12)  # room for the labels inside the axes
     bars.set_yticks(range(len(names)), names, fontsize=8)
     bars.invert_yaxis()
     bars.set_xlabel("test BLEU, tokenised (bar: mean; dots: seeds)")
