@@ -2,10 +2,12 @@
 
     python -m one_layer_lottery.bench [--arch one_layer_transformer_iwslt_de_en] [--dims 256 512]
                                       [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--max-tokens 4096]
+                                      [--model-flags "--mask-coats 3"]
 
 Measured at each ``--dims`` embedding size in turn (the FFN scaled with it, heads and layers as in
 ``--arch``): 256 is the shape of the Multi30k studies, 512 the iwslt shape. Both models have the
-same dimensions and layer counts and see the same batches in the same process; they take turns
+same dimensions and layer counts and see the same batches in the same process (``--model-flags``
+adds options of the one-layer model, a method beyond the paper for example); they take turns
 (which one goes first alternates), and each ratio is taken within one repetition, so that slow
 drifts of the machine cancel out. Printed as ratios masked/dense, the median of the per-repetition
 ratios after warm-up with their lowest and highest (times: medians):
@@ -19,6 +21,7 @@ ratios after warm-up with their lowest and highest (times: medians):
 import argparse
 import json
 import os
+import shlex
 import statistics
 import tempfile
 import time
@@ -53,9 +56,17 @@ def arch_shape(arch, embed_dim=None):
     return embed_dim, embed_dim * ffn // embed, heads, layers
 
 
-def build(which, arch, data_dir, embed_dim=None):
-    """(model, task): the masked ``arch`` (at ``embed_dim``) or fairseq's dense ``transformer`` of the
-    same shape, built through fairseq's argument parsing as fairseq-train does."""
+class ModelFlagsError(ValueError):
+    """An option of --model-flags that fairseq-train's parser refuses."""
+
+
+def _refuse(message):
+    raise ModelFlagsError(message)
+
+
+def build(which, arch, data_dir, embed_dim=None, model_flags=()):
+    """(model, task): the masked ``arch`` (at ``embed_dim``, with ``model_flags``) or fairseq's dense
+    ``transformer`` of the same shape, built through fairseq's argument parsing as fairseq-train does."""
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
@@ -65,10 +76,12 @@ def build(which, arch, data_dir, embed_dim=None):
              "--decoder-attention-heads", heads, "--decoder-layers", layers,
              "--share-decoder-input-output-embed", "--dropout", "0.1"]
     parser = options.get_training_parser()
+    parser.error = _refuse  # a bad --model-flags: one line from bench's own parser, not fairseq-train's usage
     args = options.parse_args_and_arch(
         parser, [data_dir, "--source-lang", "de", "--target-lang", "en",
                  "--user-dir", os.path.dirname(os.path.abspath(__file__)),
-                 "--arch", arch if which == "masked" else "transformer", *map(str, shape)])
+                 "--arch", arch if which == "masked" else "transformer", *map(str, shape),
+                 *(model_flags if which == "masked" else ())])
     cfg = convert_namespace_to_omegaconf(args)
     task = tasks.setup_task(cfg.task)
     return task.build_model(cfg.model), task
@@ -244,9 +257,11 @@ def run(args, runtime=None):
     torch.manual_seed(0)
     data_dir = _dictionary_dir()
     embed_dim = getattr(args, "embed_dim", None)
-    masked, task = build("masked", args.arch, data_dir, embed_dim)
+    model_flags = shlex.split(getattr(args, "model_flags", None) or "")
+    masked, task = build("masked", args.arch, data_dir, embed_dim, model_flags)
     dense, _ = build("dense", args.arch, data_dir, embed_dim)
-    results = {"arch": args.arch, "shape": arch_shape(args.arch, embed_dim), "device": args.device,
+    results = {"arch": args.arch, "model_flags": model_flags, "shape": arch_shape(args.arch, embed_dim),
+               "device": args.device,
                "dtype": args.dtype, "max_tokens": args.max_tokens, "threads": torch.get_num_threads()}
     name = runtime.device_name()
     if name is not None:
@@ -316,7 +331,8 @@ def run(args, runtime=None):
 def report(r):
     """The printed lines of one shape's results."""
     embed, ffn, heads, layers = r["shape"]
-    lines = [f"arch={r['arch']} shape={embed}/{ffn}/{heads},{layers}+{layers} device={r['device']} dtype={r['dtype']} "
+    flags = f" flags='{' '.join(r['model_flags'])}'" if r.get("model_flags") else ""
+    lines = [f"arch={r['arch']}{flags} shape={embed}/{ffn}/{heads},{layers}+{layers} device={r['device']} dtype={r['dtype']} "
              f"max_tokens={r['max_tokens']} threads={r['threads']}" + (f" gpu={r['gpu']}" if "gpu" in r else "")]
     for name, key in (("train step  ", "train_step"), ("generation  ", "generate")):
         low, high = r[f"{key}_spread"]
@@ -341,6 +357,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--model-flags", default="",
+                        help="options of the one-layer model, as on fairseq-train's command line (quoted)")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per model")
     parser.add_argument("--warmup", type=int, default=2, help="untimed training steps before the timed ones")
     parser.add_argument("--mask-reps", type=int, default=1)
@@ -364,7 +382,10 @@ def main(argv=None):
             check_output(args.json)  # before minutes of measuring
         shapes = []
         for dim in args.dims:
-            r = run(argparse.Namespace(**vars(args), embed_dim=dim))
+            try:
+                r = run(argparse.Namespace(**vars(args), embed_dim=dim))
+            except ModelFlagsError as e:
+                parser.error(f"--model-flags: {e}")
             print("\n".join(report(r)), flush=True)
             shapes.append(r)
         if args.json:

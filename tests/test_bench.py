@@ -46,6 +46,19 @@ def test_benchmark_runs_in_bf16_without_memory():
     assert "peak_memory_ratio" not in r
 
 
+def test_model_flags_reach_the_masked_model_only():
+    """--model-flags measures a method beyond the paper: its masked model has them, dense does not."""
+    args = bench.argparse.Namespace(arch="one_layer_transformer_iwslt_de_en", embed_dim=16, device="cpu",
+                                    dtype="fp32", max_tokens=64, steps=1, warmup=0, mask_reps=1, gen_reps=1,
+                                    gen_sentences=2, gen_len=3, skip_memory=True, model_flags="--mask-coats 3")
+    r = bench.run(args)
+    assert r["model_flags"] == ["--mask-coats", "3"] and r["train_step_ratio"] > 0
+    assert bench.report(r)[0].startswith("arch=one_layer_transformer_iwslt_de_en flags='--mask-coats 3' shape=16/")
+    masked, _ = bench.build("masked", args.arch, bench._dictionary_dir(), 16, ["--mask-coats", "3"])
+    dense, _ = bench.build("dense", args.arch, bench._dictionary_dir(), 16, ["--mask-coats", "3"])
+    assert masked.cfg.mask_coats == 3 and not hasattr(dense.cfg, "mask_coats")
+
+
 def test_ratio_is_the_median_of_the_per_repetition_ratios():
     # Repetition 3 ran while the machine was slow for the masked model only: the ratio of the
     # medians (3 / 2 = 1.5) would mix repetitions; the paired median does not.
@@ -71,6 +84,8 @@ def test_step_peak_counts_what_is_held_at_once():
     (["--warmup", "-1"], "--warmup must be at least 0, got -1"),
     (["--steps", "0"], "--steps and --gen-reps must be at least 1"),
     (["--dims", "30"], "--dims 30: an embedding size must be a positive multiple of the 4 heads"),
+    (["--dims", "16", "--model-flags=--mask-coats three"], "--model-flags: argument --mask-coats: invalid int value"),
+    (["--dims", "16", "--model-flags=--no-such-option"], "--model-flags: unrecognized arguments: --no-such-option"),
 ])
 def test_bad_arguments_are_refused_in_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
