@@ -115,6 +115,9 @@ def test_run_writes_every_field(finished):
     dense = results.read(str(folder / "results" / "dense-s1.json"))
     small = results.read(str(folder / "results" / "small-s1.json"))
     assert dense["train"]["params_frozen"] == 0 and dense["train"]["params_trained"] > 0
+    # the one-layer run's compact subnetwork file, beside its checkpoints; none for dense
+    assert small["compact_bytes"] == (folder / "work" / "small-s1" / "subnetwork.olls").stat().st_size > 0
+    assert dense["compact_bytes"] is None and not (folder / "work" / "dense-s1" / "subnetwork.olls").exists()
     # the one-layer model trains only scores: as many as there are frozen weights it masks, at most
     assert small["train"]["params_frozen"] > 0 and small["flags"]["prune-ratio"] == 0.5
     assert "small-s2" not in proc.stdout  # only the runs asked for
@@ -199,6 +202,8 @@ def test_table_and_figure_from_result_files_alone(finished, tmp_path, capsys):
     assert table.returncode == 0, table.stderr
     dense = results.read(str(copy / "results" / "dense-s1.json"))["test"]["bleu_tokenised"]
     assert f"**{dense:.2f}**" in table.stdout and "% of dense" in table.stdout
+    small_kib = results.read(str(copy / "results" / "small-s1.json"))["compact_bytes"] / 2**10
+    assert f"| {small_kib:.0f} KiB |" in table.stdout and "| – |" in table.stdout  # dense: none
     assert (copy / "table.md").read_text() == table.stdout
     doc = copy / "doc.md"
     other = "<!-- study table: other -->\nkept\n<!-- /study table: other -->\n"
@@ -233,6 +238,9 @@ def test_table_numbers(tmp_path):
     assert table[2].startswith("| dense | dense | 1, 2 (2 of 3) | 2.00M / 1.00M | 30.00 ± 1.41 | "
                                "**31.00 ± 1.41** (30.00 / 32.00) | 31.00 ± 1.41 | 100% | 1.00 ± 0.00 | 10 | 2000 |")
     assert "| **24.80** | 24.80 | 80% |" in table[3]
+    assert "compact file" not in table[0]  # no run recorded one
+    rows["small"][0]["compact_bytes"] = 3 * 2**20
+    assert report.markdown(study, rows).splitlines()[3].endswith("| 2000 | 3072 KiB |")
 
 
 @pytest.mark.parametrize("name", ["multi30k", "multi30k-long"])

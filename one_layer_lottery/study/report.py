@@ -48,6 +48,9 @@ def markdown(study: Study, rows: Dict[str, List[dict]]) -> str:
             "test BLEU (tokenised)", "sacreBLEU", "length ratio", "train wall min", "train words/s"]
     if show_share:
         head.insert(7, f"% of {study.reference_experiment}")
+    show_compact = any(r.get("compact_bytes") for runs in rows.values() for r in runs)
+    if show_compact:
+        head.append("compact file")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, runs in rows.items():
         bleu = _test(runs, "bleu_tokenised")
@@ -65,11 +68,16 @@ def markdown(study: Study, rows: Dict[str, List[dict]]) -> str:
                  f"{statistics.mean(r['train']['train_words_per_s'] or 0 for r in runs):.0f}"]
         if show_share:
             cells.insert(7, f"{100 * statistics.mean(bleu) / ref_bleu:.0f}%" if ref_bleu else "n/a")
+        if show_compact:
+            sizes = [r["compact_bytes"] for r in runs if r.get("compact_bytes")]
+            cells.append(f"{statistics.mean(sizes) / 2**10:.0f} KiB" if sizes else "–")
         lines.append("| " + " | ".join(cells) + " |")
     signatures = sorted({r["test"]["sacrebleu_signature"] for runs in rows.values() for r in runs})
     lines.append("")
     lines.append(f"sacreBLEU signature: `{'`, `'.join(signatures)}`. Mean ± sample standard deviation over "
-                 "seeds, per-seed values in brackets.")
+                 "seeds, per-seed values in brackets."
+                 + (" Compact file: the subnetwork file of the best checkpoint (`export compact`); – where a "
+                    "run did not record it." if show_compact else ""))
     return "\n".join(lines) + "\n"
 
 

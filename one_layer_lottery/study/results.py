@@ -10,6 +10,9 @@ from .spec import read_parsed
 # null where the training log was not kept; `embeddings` is null unless the run takes another's.
 FIELDS = ("id", "experiment", "seed", "about", "flags", "command", "commit", "valid", "test", "train",
           "train_curve", "embeddings", "wall_s", "finished")
+# Recorded by newer runs only: read as None from older files. `compact_bytes`: the size of a one-layer
+# run's compact subnetwork file (None for dense).
+OPTIONAL_FIELDS = {"compact_bytes": None}
 TEST_FIELDS = ("bleu_tokenised", "sacrebleu", "sacrebleu_signature", "length_ratio", "brevity_penalty",
                "sentences", "checkpoint_update")
 
@@ -40,4 +43,6 @@ def read(path: str) -> dict:
     if missing:
         raise ResultError(f"{path}: partial result, missing {', '.join(missing)}; delete it to run the "
                           "experiment again")
+    for key, default in OPTIONAL_FIELDS.items():
+        result.setdefault(key, default)
     return result

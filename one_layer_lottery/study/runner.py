@@ -13,6 +13,7 @@ from sacremoses import MosesDetokenizer
 from .. import fairseq_logs
 from ..atomic import atomic_output
 from ..console import ToolError
+from ..export import export_compact
 from . import embeddings, results
 from .spec import Run, Study, StudyError, cli_flags
 
@@ -79,6 +80,18 @@ def _embedding_flags(study: Study, run: Run, run_dir: str, ensure: Callable[[Run
 
 def _best_checkpoint(study: Study, run: Run) -> str:
     return os.path.join(study.run_dir(run), "checkpoints", "checkpoint_best.pt")
+
+
+def _compact_bytes(study: Study, run: Run, checkpoint: str):
+    """The size of the compact subnetwork file of a one-layer run's best checkpoint (written beside
+    its checkpoints); None for a dense run."""
+    if not str(run.flags.get("arch", "")).startswith("one_layer"):
+        return None
+    try:
+        return export_compact(checkpoint, os.path.join(study.run_dir(run), "subnetwork.olls"),
+                              study.data)["compact_bytes"]
+    except ToolError as e:
+        raise RunError(f"{run.id}: cannot write the compact file of {checkpoint}: {e}") from e
 
 
 def _keep_embeddings(study: Study, run: Run) -> None:
@@ -167,6 +180,7 @@ def run_one(study: Study, run: Run, ensure: Callable[[Run], None], python: str =
     result = {"id": run.id, "experiment": run.name, "seed": run.seed, "about": run.about, "flags": run.flags,
               "command": [_recorded(study, arg) for arg in train_argv[3:]], "commit": version, "valid": valid,
               "test": test, "train": train, "train_curve": train_curve, "embeddings": origin,
+              "compact_bytes": _compact_bytes(study, run, best),
               "wall_s": round(time.time() - started, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if study.is_embeddings_source(run):
         _keep_embeddings(study, run)
