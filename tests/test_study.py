@@ -80,73 +80,127 @@ def study_main(capsys, *args):
 
 
 @pytest.fixture(scope="module")
-def finished(joined_bin, tmp_path_factory):
+def dense_done(joined_bin, tmp_path_factory):
+    """The tiny study, with its dense run finished: (folder, study file, the run's process)."""
     folder = tmp_path_factory.mktemp("study")
     path = write_study(folder, joined_bin, [
         {"name": "dense", "about": "trained", "model": "dense"},
         {"name": "small", "about": "one layer", "model": "one-layer", "seeds": [1, 2],
          "flags": {"prune-ratio": 0.5}},
         {"name": "small+emb", "about": "dense-s1's embeddings", "model": "one-layer", "seeds": [1, 2],
-         "embeddings_from": "dense-s1", "flags": {"embed-no-mask": True}}])
-    proc = study_cli("run", path, "dense", "small-s1")
+         "embeddings_from": "dense-s1", "flags": {"embed-no-mask": True}},
+        {"name": "small-lr1e-3", "about": "lr probe", "model": "one-layer", "probe": True, "flags": {"lr": 0.001}}])
+    proc = study_cli("run", path, "dense")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return folder, path, proc
 
 
-def test_run_writes_every_field(finished):
-    folder, _, proc = finished
-    for run_id in ("dense-s1", "small-s1"):
-        result = results.read(str(folder / "results" / f"{run_id}.json"))
-        assert result["id"] == run_id and result["seed"] == 1
-        assert [v["update"] for v in result["valid"]] == [10, 20]
-        assert all(v["bleu"] is not None and v["loss"] > 0 for v in result["valid"])
-        test = result["test"]
-        assert test["sentences"] == SENTENCES and 0 <= test["bleu_tokenised"] <= 100
-        assert test["sacrebleu_signature"].startswith("nrefs:1|case:mixed")
-        assert test["checkpoint_update"] in (10, 20) and test["length_ratio"] > 0
-        assert result["train"]["updates"] == 20 and result["train"]["train_words_per_s"] > 0
-        assert result["commit"]["commit"] and "--seed" in result["command"]
-        # paths from the study's root: nothing about the machine it ran on
-        assert not [a for a in result["command"] if os.path.isabs(a)], result["command"]
-        assert result["command"][0] == os.path.relpath(result["command"][0], ".")
-        curve = result["train_curve"]
-        assert [c["update"] for c in curve] == [5, 10, 15, 20] and all(c["loss"] > 0 for c in curve)
-        assert result["embeddings"] is None
+@pytest.fixture(scope="module")
+def finished(dense_done):
+    """dense_done, and small-s1 finished too."""
+    folder, path, _ = dense_done
+    proc = study_cli("run", path, "small-s1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return folder, path, proc
+
+
+def check_fields(result, run_id):
+    assert result["id"] == run_id and result["seed"] == 1
+    assert [v["update"] for v in result["valid"]] == [10, 20]
+    assert all(v["bleu"] is not None and v["loss"] > 0 for v in result["valid"])
+    test = result["test"]
+    assert test["sentences"] == SENTENCES and 0 <= test["bleu_tokenised"] <= 100
+    assert test["sacrebleu_signature"].startswith("nrefs:1|case:mixed")
+    assert test["checkpoint_update"] in (10, 20) and test["length_ratio"] > 0
+    assert result["train"]["updates"] == 20 and result["train"]["train_words_per_s"] > 0
+    assert result["commit"]["commit"] and "--seed" in result["command"]
+    # paths from the study's root: nothing about the machine it ran on
+    assert not [a for a in result["command"] if os.path.isabs(a)], result["command"]
+    assert result["command"][0] == os.path.relpath(result["command"][0], ".")
+    curve = result["train_curve"]
+    assert [c["update"] for c in curve] == [5, 10, 15, 20] and all(c["loss"] > 0 for c in curve)
+    assert result["embeddings"] is None and result["probe"] is False
+
+
+def test_a_dense_run_writes_every_field(dense_done):
+    folder, _, proc = dense_done
     dense = results.read(str(folder / "results" / "dense-s1.json"))
-    small = results.read(str(folder / "results" / "small-s1.json"))
+    check_fields(dense, "dense-s1")
     assert dense["train"]["params_frozen"] == 0 and dense["train"]["params_trained"] > 0
-    # the one-layer run's compact subnetwork file, beside its checkpoints; none for dense
-    assert small["compact_bytes"] == (folder / "work" / "small-s1" / "subnetwork.olls").stat().st_size > 0
     assert dense["compact_bytes"] is None and not (folder / "work" / "dense-s1" / "subnetwork.olls").exists()
+    assert "small-s1" not in proc.stdout  # only the runs asked for
+
+
+def test_a_one_layer_run_writes_every_field(finished):
+    folder, _, proc = finished
+    small = results.read(str(folder / "results" / "small-s1.json"))
+    check_fields(small, "small-s1")
+    # the one-layer run's compact subnetwork file, beside its checkpoints
+    assert small["compact_bytes"] == (folder / "work" / "small-s1" / "subnetwork.olls").stat().st_size > 0
     # the one-layer model trains only scores: as many as there are frozen weights it masks, at most
     assert small["train"]["params_frozen"] > 0 and small["flags"]["prune-ratio"] == 0.5
-    assert "small-s2" not in proc.stdout  # only the runs asked for
+    assert "small-s2" not in proc.stdout and "dense-s1" not in proc.stdout  # only the runs asked for
 
 
-def test_a_run_records_and_keeps_the_embeddings_it_takes(finished):
-    folder, path, _ = finished
+def test_a_run_records_the_embeddings_it_takes(dense_done):
+    folder, path, _ = dense_done
     proc = study_cli("run", path, "small+emb-s1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "dense-s1: done" in proc.stdout and "dense-s1: training" not in proc.stdout
     table = folder / "results" / "dense-s1.embeddings.npz"
     first = results.read(str(folder / "results" / "small+emb-s1.json"))
     dense = results.read(str(folder / "results" / "dense-s1.json"))
-    origin = first["embeddings"]
-    assert origin["run"] == "dense-s1" and origin["table"] == "results/dense-s1.embeddings.npz"
-    assert origin["checkpoint_update"] == dense["test"]["checkpoint_update"]
-    assert origin["sha256"] == embeddings.digest(str(table))
+    assert first["embeddings"] == {"run": "dense-s1", "checkpoint_update": dense["test"]["checkpoint_update"],
+                                   "table": "results/dense-s1.embeddings.npz", "sha256": embeddings.digest(str(table))}
     assert "work/small+emb-s1/embeddings.encoder.txt" in first["command"]
-    # the same rows as the checkpoint's, and the table alone is enough once the checkpoint is gone
+    # the kept table holds the checkpoint's rows
     tables = embedding_tables(str(folder / "work" / "dense-s1" / "checkpoints" / "checkpoint_best.pt"))
     with np.load(table, allow_pickle=False) as kept:
         assert np.array_equal(kept["encoder"], tables["encoder"][1].numpy())
         assert list(kept["encoder_tokens"]) == tables["encoder"][0] and "decoder" not in kept.files
-    shutil.rmtree(folder / "work" / "dense-s1")
-    proc = study_cli("run", path, "small+emb-s2")
+
+
+def test_the_kept_embeddings_are_enough_once_the_checkpoint_is_gone(dense_done, tmp_path):
+    """The study's result files and the study file, copied without work/ (no checkpoint of dense-s1)."""
+    folder, path, _ = dense_done
+    shutil.copytree(folder / "results", tmp_path / "results")
+    shutil.copy(path, tmp_path / "study.yaml")
+    proc = study_cli("run", tmp_path / "study.yaml", "small+emb-s2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "dense-s1: training" not in proc.stdout
-    second = results.read(str(folder / "results" / "small+emb-s2.json"))
-    assert second["embeddings"] == origin
+    assert "dense-s1: done" in proc.stdout and "dense-s1: training" not in proc.stdout
+    assert not (tmp_path / "work" / "dense-s1").exists()
+    second = results.read(str(tmp_path / "results" / "small+emb-s2.json"))
+    dense = results.read(str(folder / "results" / "dense-s1.json"))
+    assert second["embeddings"] == {"run": "dense-s1", "checkpoint_update": dense["test"]["checkpoint_update"],
+                                    "table": "results/dense-s1.embeddings.npz",
+                                    "sha256": embeddings.digest(str(folder / "results" / "dense-s1.embeddings.npz"))}
+
+
+def test_a_probe_records_its_validation_and_never_decodes_the_test_set(dense_done, tmp_path, capsys):
+    folder, path, _ = dense_done
+    proc = study_cli("run", path, "small-lr1e-3")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = results.read(str(folder / "results" / "small-lr1e-3-s1.json"))
+    bleu, update = results.best_validation(result)
+    assert f"small-lr1e-3-s1: probe: best validation BLEU {bleu} at update {update}, test set not scored" in proc.stdout
+    assert "scoring the test set" not in proc.stdout and not (folder / "work" / "small-lr1e-3-s1" / "generate.log").exists()
+    assert result["probe"] is True and result["test"] is None and result["compact_bytes"] is None
+    assert [v["update"] for v in result["valid"]] == [10, 20] and result["flags"]["lr"] == 0.001
+    copy = tmp_path / "copy"
+    shutil.copytree(folder / "results", copy / "results")
+    shutil.copy(path, copy / "study.yaml")
+    table = study_main(capsys, "table", copy / "study.yaml")
+    assert table.returncode == 0, table.stderr
+    tested, probes = table.stdout.split("Probes (validation only; the test set is not scored):")
+    assert "small-lr1e-3" not in tested and "| dense |" in tested
+    last = [v["bleu"] for v in result["valid"]][-1]
+    assert f"| small-lr1e-3 | lr probe | 1 | {bleu:.2f} | {update} | {last:.2f} |" in probes
+    assert study_main(capsys, "plot", copy / "study.yaml", copy / "fig.png").returncode == 0  # without the probe
+    # a result that is not a probe must have its test scores
+    broken = dict(result, probe=False)
+    (copy / "results" / "small-lr1e-3-s1.json").write_text(json.dumps(broken))
+    with pytest.raises(results.ResultError, match="partial result, missing test.bleu_tokenised"):
+        results.read(str(copy / "results" / "small-lr1e-3-s1.json"))
 
 
 def test_second_run_skips_finished(finished):
@@ -303,6 +357,18 @@ def test_spec_layers_and_errors(tmp_path):
     bad.write_text("data: x\nresults: r\nwork: w\nexperiments:\n  - {name: a, embeddings_from: z-s1}\n")
     with pytest.raises(StudyError, match="not a run of this study"):
         load(str(bad))
+    bad.write_text("data: x\nresults: r\nwork: w\nexperiments:\n  - {name: a, probe: yes please}\n")
+    with pytest.raises(StudyError, match="probe must be true or false"):
+        load(str(bad))
+    bad.write_text("data: x\nresults: r\nwork: w\nreference_experiment: a\nexperiments:\n  - {name: a, probe: true}\n")
+    with pytest.raises(StudyError, match="is not an experiment that scores the test set"):
+        load(str(bad))
+    bad.write_text("data: x\nresults: r\nwork: w\nexperiments:\n  - {name: a, probe: true}\n"
+                   "  - {name: b, embeddings_from: a-s1}\n")
+    with pytest.raises(StudyError, match="takes embeddings from a-s1, a probe"):
+        load(str(bad))
+    probe = load(str(ROOT / "configs" / "study" / "sample.yaml")).runs[0]
+    assert probe.probe is False  # experiments are tested unless they say otherwise
 
 
 def test_the_methods_study_shares_the_600_update_studys_runs():

@@ -5,6 +5,7 @@ from typing import Dict, List
 
 from ..atomic import atomic_output, output_directory, write_text
 from . import results
+from .results import best_validation
 from .spec import Study
 
 
@@ -37,7 +38,33 @@ def _test(runs: List[dict], key: str) -> List[float]:
     return [r["test"][key] for r in runs]
 
 
+def _probes(rows: Dict[str, List[dict]]) -> Dict[str, List[dict]]:
+    return {name: runs for name, runs in rows.items() if runs[0].get("probe")}
+
+
 def markdown(study: Study, rows: Dict[str, List[dict]]) -> str:
+    """The study's table; below it, the probes' (validation only), if any finished."""
+    probes = _probes(rows)
+    rows = {name: runs for name, runs in rows.items() if name not in probes}
+    text = _tested_table(study, rows) if rows else ""
+    if probes:
+        text += ("\n" if text else "") + _probe_table(study, probes)
+    return text
+
+
+def _probe_table(study: Study, probes: Dict[str, List[dict]]) -> str:
+    lines = ["Probes (validation only; the test set is not scored):", "",
+             "| probe | what | seeds | best valid BLEU | at update | valid BLEU at the last update |",
+             "|---|---|---|---|---|---|"]
+    for name, runs in probes.items():
+        best = [best_validation(r) for r in runs]
+        last = [[v for v in r["valid"] if v["bleu"] is not None][-1]["bleu"] for r in runs]
+        lines.append(f"| {name} | {runs[0]['about']} | {', '.join(str(r['seed']) for r in runs)} | "
+                     f"{_mean_sd([b for b, _ in best])} | {', '.join(str(u) for _, u in best)} | {_mean_sd(last)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _tested_table(study: Study, rows: Dict[str, List[dict]]) -> str:
     expected = {}
     for run in study.runs:
         expected[run.name] = expected.get(run.name, 0) + 1
@@ -61,7 +88,7 @@ def markdown(study: Study, rows: Dict[str, List[dict]]) -> str:
         train = runs[0]["train"]
         cells = [name, runs[0]["about"], seeds,
                  f"{train['params_trained'] / 1e6:.2f}M / {train['params_frozen'] / 1e6:.2f}M",
-                 _mean_sd([max(v["bleu"] for v in r["valid"] if v["bleu"] is not None) for r in runs]),
+                 _mean_sd([best_validation(r)[0] for r in runs]),
                  f"**{_mean_sd(bleu)}**{per_seed}", _mean_sd(_test(runs, "sacrebleu")),
                  _mean_sd(_test(runs, "length_ratio")),
                  f"{statistics.mean(r['train']['train_wall_s'] for r in runs) / 60:.0f}",
@@ -103,7 +130,12 @@ def fill_between_markers(path: str, text: str, study: Study) -> None:
 
 
 def plot(study: Study, rows: Dict[str, List[dict]], out_png: str, inputs=()) -> None:
-    """Left: validation BLEU over updates (mean over seeds, band min-max); right: test BLEU per experiment."""
+    """Left: validation BLEU over updates (mean over seeds, band min-max); right: test BLEU per
+    experiment. Probes, which have no test score, are left out."""
+    probes = _probes(rows)
+    rows = {name: runs for name, runs in rows.items() if name not in probes}
+    if not rows:
+        raise results.ResultError("only probes have finished: nothing scored on the test set to plot yet")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -10,9 +10,9 @@ from .spec import read_parsed
 # null where the training log was not kept; `embeddings` is null unless the run takes another's.
 FIELDS = ("id", "experiment", "seed", "about", "flags", "command", "commit", "valid", "test", "train",
           "train_curve", "embeddings", "wall_s", "finished")
-# Recorded by newer runs only: read as None from older files. `compact_bytes`: the size of a one-layer
-# run's compact subnetwork file (None for dense).
-OPTIONAL_FIELDS = {"compact_bytes": None}
+# Recorded by newer runs only, read with these defaults from older files. `compact_bytes`: the size of
+# a one-layer run's compact subnetwork file (None for dense); `probe`: validation only, `test` is null.
+OPTIONAL_FIELDS = {"compact_bytes": None, "probe": False}
 TEST_FIELDS = ("bleu_tokenised", "sacrebleu", "sacrebleu_signature", "length_ratio", "brevity_penalty",
                "sentences", "checkpoint_update")
 
@@ -38,11 +38,19 @@ def read(path: str) -> dict:
     if not isinstance(result, dict):
         raise ResultError(f"{path}: not a result object")
     missing = [k for k in FIELDS if k not in result]
-    if not missing and isinstance(result.get("test"), dict):
-        missing = [f"test.{k}" for k in TEST_FIELDS if k not in result["test"]]
+    if not missing and not result.get("probe"):
+        test = result["test"] if isinstance(result["test"], dict) else {}
+        missing = [f"test.{k}" for k in TEST_FIELDS if k not in test]
     if missing:
         raise ResultError(f"{path}: partial result, missing {', '.join(missing)}; delete it to run the "
                           "experiment again")
     for key, default in OPTIONAL_FIELDS.items():
         result.setdefault(key, default)
     return result
+
+
+def best_validation(result: dict) -> tuple:
+    """(best validation BLEU, its update) of a result."""
+    scored = [v for v in result["valid"] if v["bleu"] is not None]
+    best = max(scored, key=lambda v: v["bleu"])
+    return best["bleu"], best["update"]

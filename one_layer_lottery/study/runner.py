@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import sacrebleu
 from fairseq.data import data_utils
@@ -168,24 +168,29 @@ def run_one(study: Study, run: Run, ensure: Callable[[Run], None], python: str =
     if not os.path.isfile(best):
         raise RunError(f"{run.id}: training ended without {best}")
 
-    gen_log = os.path.join(run_dir, "generate.log")
-    if not os.path.isfile(gen_log):
-        say(f"study: {run.id}: scoring the test set")
-        generate_test_set(study.data, best, cli_flags(study.generate), run.seed, gen_log, python)
-    gen = read_generation(gen_log, run.id)
-    test = {"bleu_tokenised": gen["bleu"], **_sacrebleu(study, gen["hypotheses"]),
-            "length_ratio": gen["length_ratio"], "brevity_penalty": gen["brevity_penalty"],
-            "sentences": len(gen["hypotheses"]), "checkpoint_update": _best_update(log_text, valid),
-            "generate_flags": cli_flags(study.generate)}
+    test = None if run.probe else _score_test_set(study, run, best, log_text, valid, python, say)
     result = {"id": run.id, "experiment": run.name, "seed": run.seed, "about": run.about, "flags": run.flags,
               "command": [_recorded(study, arg) for arg in train_argv[3:]], "commit": version, "valid": valid,
               "test": test, "train": train, "train_curve": train_curve, "embeddings": origin,
-              "compact_bytes": _compact_bytes(study, run, best),
+              "compact_bytes": None if run.probe else _compact_bytes(study, run, best), "probe": run.probe,
               "wall_s": round(time.time() - started, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if study.is_embeddings_source(run):
         _keep_embeddings(study, run)
     results.write(study.result_path(run), result)
     return result
+
+
+def _score_test_set(study: Study, run: Run, best: str, log_text: str, valid: list, python: str,
+                    say: Callable[[str], None]) -> dict:
+    gen_log = os.path.join(study.run_dir(run), "generate.log")
+    if not os.path.isfile(gen_log):
+        say(f"study: {run.id}: scoring the test set")
+        generate_test_set(study.data, best, cli_flags(study.generate), run.seed, gen_log, python)
+    gen = read_generation(gen_log, run.id)
+    return {"bleu_tokenised": gen["bleu"], **_sacrebleu(study, gen["hypotheses"]),
+            "length_ratio": gen["length_ratio"], "brevity_penalty": gen["brevity_penalty"],
+            "sentences": len(gen["hypotheses"]), "checkpoint_update": _best_update(log_text, valid),
+            "generate_flags": cli_flags(study.generate)}
 
 
 def _recorded(study: Study, arg: str) -> str:
@@ -194,12 +199,12 @@ def _recorded(study: Study, arg: str) -> str:
     return study.relative(arg) if os.path.isabs(arg) else arg
 
 
-def commit_result(paths: List[str], run_id: str, bleu: float) -> str:
+def commit_result(paths: List[str], run_id: str, bleu: Optional[float]) -> str:
     """Commit one run's files (its result, and the embedding table it lends) alone; returns a warning,
-    or '' when committed."""
+    or '' when committed. ``bleu``: the test BLEU, None for a probe."""
+    message = f"study: {run_id}: test BLEU {bleu}" if bleu is not None else f"study: {run_id}: probe (validation only)"
     add = _git("add", "--", *paths)
-    done = add.returncode == 0 and _git("commit", "-q", "-m", f"study: {run_id}: test BLEU {bleu}", "--",
-                                        *paths).returncode == 0
+    done = add.returncode == 0 and _git("commit", "-q", "-m", message, "--", *paths).returncode == 0
     return "" if done else f"could not commit {' '.join(paths)} (written; commit by hand)"
 
 
@@ -240,11 +245,16 @@ def run_study(study: Study, runs: List[Run], commit: bool = False, say: Callable
             say(f"study: {run.id}: done ({path})")
         else:
             result = run_one(study, run, ensure, say=say)
-            say(f"study: {run.id}: test BLEU {result['test']['bleu_tokenised']} (tokenised), "
-                f"{result['test']['sacrebleu']} (sacreBLEU) -> {path}")
+            if run.probe:
+                bleu, update = results.best_validation(result)
+                say(f"study: {run.id}: probe: best validation BLEU {bleu} at update {update}, test set not "
+                    f"scored -> {path}")
+            else:
+                say(f"study: {run.id}: test BLEU {result['test']['bleu_tokenised']} (tokenised), "
+                    f"{result['test']['sacrebleu']} (sacreBLEU) -> {path}")
             if commit:
                 kept = [path] + ([study.embeddings_path(run)] if study.is_embeddings_source(run) else [])
-                warning = commit_result(kept, run.id, result["test"]["bleu_tokenised"])
+                warning = commit_result(kept, run.id, result["test"]["bleu_tokenised"] if not run.probe else None)
                 if warning:
                     say(f"study: warning: {warning}")
         done.add(run.id)

@@ -4,7 +4,8 @@ Flags are written as a mapping ``flag-name: value`` (without the leading ``--``)
 switch, ``false`` or ``null`` removes a flag set by a layer below, anything else is its value.
 Layers, later ones winning: ``train`` (every experiment), the experiment's ``model`` (an entry of
 ``models``), then the experiment's own ``flags``. Each seed of an experiment is one run, named
-``<name>-s<seed>``.
+``<name>-s<seed>``. An experiment with ``probe: true`` is a probe: its runs train and record their
+validation scores but never decode the test set, for choosing a setting on validation only.
 """
 import os
 import re
@@ -18,7 +19,7 @@ from ..console import ToolError, read_text
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _TOP_KEYS = {"title", "root", "data", "references", "lowercase", "results", "work", "reference_experiment",
              "train", "generate", "models", "experiments"}
-_EXPERIMENT_KEYS = {"name", "model", "seeds", "flags", "embeddings_from", "about"}
+_EXPERIMENT_KEYS = {"name", "model", "seeds", "flags", "embeddings_from", "about", "probe"}
 
 
 class StudyError(ToolError):
@@ -33,6 +34,7 @@ class Run:
     flags: Dict[str, object]      # merged fairseq-train flags (without --seed and paths)
     embeddings_from: Optional[str] = None  # a run id whose best checkpoint's embeddings are fixed here
     about: str = ""
+    probe: bool = False           # validation only: the test set is not scored
 
 
 @dataclass
@@ -166,13 +168,16 @@ def load(path: str) -> Study:
         for reserved in ("seed", "save-dir"):
             if reserved in flags:
                 raise StudyError(f"{where} ({name}): --{reserved} is set by the runner, not in flags")
+        probe = exp.get("probe", False)
+        if not isinstance(probe, bool):
+            raise StudyError(f"{where} ({name}): probe must be true or false, got {probe!r}")
         seeds = exp.get("seeds", [1])
         if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                                 for s in seeds):
             raise StudyError(f"{where} ({name}): seeds must be a non-empty list of integers, got {seeds!r}")
         for seed in seeds:
             run = Run(id=f"{name}-s{seed}", name=name, seed=seed, flags=flags,
-                      embeddings_from=exp.get("embeddings_from"), about=str(exp.get("about", "")))
+                      embeddings_from=exp.get("embeddings_from"), about=str(exp.get("about", "")), probe=probe)
             if any(r.id == run.id for r in study.runs):
                 raise StudyError(f"{where}: run {run.id} is defined twice")
             study.runs.append(run)
@@ -181,6 +186,12 @@ def load(path: str) -> Study:
         if run.embeddings_from is not None and run.embeddings_from not in ids:
             raise StudyError(f"{path}: {run.id} takes embeddings from {run.embeddings_from!r}, which is not a run "
                              "of this study")
-    if study.reference_experiment is not None and study.reference_experiment not in {r.name for r in study.runs}:
-        raise StudyError(f"{path}: reference_experiment {study.reference_experiment!r} is not an experiment")
+    if study.reference_experiment is not None and study.reference_experiment not in {r.name for r in study.runs
+                                                                                     if not r.probe}:
+        raise StudyError(f"{path}: reference_experiment {study.reference_experiment!r} is not an experiment "
+                         "that scores the test set")
+    for run in study.runs:
+        if run.embeddings_from is not None and study.run(run.embeddings_from).probe:
+            raise StudyError(f"{path}: {run.id} takes embeddings from {run.embeddings_from}, a probe (its "
+                             "checkpoint is chosen on validation but never tested)")
     return study
