@@ -204,16 +204,14 @@ def summary(report):
                          + (f", peak memory {peak['masked'] / 2**20:.0f} / {peak['dense'] / 2**20:.0f} MiB" if peak else ""))
         else:
             lines.append(f"bench {dtype}: FAILED (exit {b['exit']}, see bench-{dtype}.log)")
-    tr = report.get("training")
-    if tr is None:
-        pass
-    elif tr["ok"]:
+    tr = report.get("training")  # absent when --steps left the training step out
+    if tr is not None and tr["ok"]:
         g = tr["generate"]
         mem = tr.get("peak_gpu_memory", {})
         lines.append(f"training: {tr['updates']} updates on {tr['corpus']} in {tr['seconds']} s"
                      + (f", peak GPU memory {mem['max_allocated_bytes'] / 2**30:.2f} GiB allocated" if mem else "")
                      + f"; fairseq-generate: BLEU {g['bleu']} on {g['sentences']} sentences ({g['seconds']} s)")
-    else:
+    elif tr is not None:
         lines.append(f"training/generation on {tr.get('corpus')}: FAILED (see train.log, generate.log)")
     for name, t in report["targets"].items():
         if t is not None:

@@ -351,22 +351,18 @@ def test_spec_layers_and_errors(tmp_path):
     assert "--encoder-normalize-before" in cli_flags(runs["small-s1"].flags)
     assert runs["keep-30-s1"].flags["prune-ratio"] == 0.7 and runs["small+emb-s1"].embeddings_from == "dense-s1"
     bad = tmp_path / "bad.yaml"
-    bad.write_text("data: x\nresults: r\nwork: w\nexperiments:\n  - {name: a, flags: {seed: 3}}\n")
-    with pytest.raises(StudyError, match="--seed is set by the runner"):
-        load(str(bad))
-    bad.write_text("data: x\nresults: r\nwork: w\nexperiments:\n  - {name: a, embeddings_from: z-s1}\n")
-    with pytest.raises(StudyError, match="not a run of this study"):
-        load(str(bad))
-    bad.write_text("data: x\nresults: r\nwork: w\nexperiments:\n  - {name: a, probe: yes please}\n")
-    with pytest.raises(StudyError, match="probe must be true or false"):
-        load(str(bad))
-    bad.write_text("data: x\nresults: r\nwork: w\nreference_experiment: a\nexperiments:\n  - {name: a, probe: true}\n")
-    with pytest.raises(StudyError, match="is not an experiment that scores the test set"):
-        load(str(bad))
-    bad.write_text("data: x\nresults: r\nwork: w\nexperiments:\n  - {name: a, probe: true}\n"
-                   "  - {name: b, embeddings_from: a-s1}\n")
-    with pytest.raises(StudyError, match="takes embeddings from a-s1, a probe"):
-        load(str(bad))
+    head = "data: x\nresults: r\nwork: w\n"
+    for body, problem in (
+            ("experiments:\n  - {name: a, flags: {seed: 3}}\n", "--seed is set by the runner"),
+            ("experiments:\n  - {name: a, embeddings_from: z-s1}\n", "not a run of this study"),
+            ("experiments:\n  - {name: a, probe: yes please}\n", "probe must be true or false"),
+            ("reference_experiment: a\nexperiments:\n  - {name: a, probe: true}\n",
+             "is not an experiment that scores the test set"),
+            ("experiments:\n  - {name: a, probe: true}\n  - {name: b, embeddings_from: a-s1}\n",
+             "takes embeddings from a-s1, a probe")):
+        bad.write_text(head + body)
+        with pytest.raises(StudyError, match=problem):
+            load(str(bad))
     probe = load(str(ROOT / "configs" / "study" / "sample.yaml")).runs[0]
     assert probe.probe is False  # experiments are tested unless they say otherwise
 
