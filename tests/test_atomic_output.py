@@ -115,15 +115,19 @@ def test_the_next_write_removes_what_a_killed_writer_left(tmp_path):
 
 
 # A writer that stops half way and waits to be interrupted.
+# Ctrl-C acts as in a terminal even where the test runner ignores or blocks SIGINT (a background
+# job, a CI harness); short sleeps let the main thread act on a signal another thread received.
 WRITER = """
 import signal, sys, time
-signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if this test runs in the background
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 from one_layer_lottery.atomic import atomic_output
 with atomic_output(sys.argv[1]) as tmp:
     with open(tmp, "w") as f:
         f.write("half")
     print("writing", flush=True)
-    time.sleep(60)
+    for _ in range(6000):
+        time.sleep(0.1)
 """
 
 
@@ -132,11 +136,15 @@ def test_a_signal_while_writing_leaves_the_old_file_and_no_temporary_file(signum
     path = tmp_path / "out.txt"
     path.write_text("old")
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    assert proc.stdout.readline() == "writing\n"
-    assert len(os.listdir(tmp_path)) == 2  # the temporary file is there while it writes
-    proc.send_signal(signum)
-    proc.wait(timeout=60)
+                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout.readline() == "writing\n"
+        assert len(os.listdir(tmp_path)) == 2  # the temporary file is there while it writes
+        proc.send_signal(signum)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.communicate()
     assert proc.returncode == -signum  # dies of it (Python ends an uncaught KeyboardInterrupt by SIGINT too)
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["out.txt"]
 
