@@ -1,19 +1,39 @@
 """Runs the tests' commands (fairseq's console scripts, ``python -m <module>``) in forks of one
 process that has already imported torch and fairseq, which a fresh interpreter takes 4 to 5 s to do.
 
-Started by conftest.run_command. It reads one JSON request per line on its stdin and answers on its
-stdout with the child's pid, then with its exit status. The child becomes the command: the request's
-working directory, environment, argv and sys.path[0], its stdin, stdout and stderr on the request's
-files, and the command runs as the program's ``__main__``; it ends as that program would, through
-the interpreter's own exit (exit status, uncaught errors, atexit handlers, flushing). Only the
-imports below are shared (and the logging set-up that importing fairseq makes is undone for fairseq's
+Started by conftest.run_command with the environment its commands get; it says "ready" on its
+stdout once imported and ends when its stdin closes. A client connects to its Unix socket and sends
+one JSON request line with three file descriptors (the command's stdin, stdout and stderr); the
+server answers with the command's pid, then with its exit status. Each request is served at once
+by a fork that forks the command and waits for it, so a served program's own commands (the study
+runner's fairseq-train and fairseq-generate) are served too while it waits for them: a served
+program's ``subprocess.call`` of ``python -m fairseq_cli.<name>`` in the same environment is sent
+here (install_call_forwarding).
+
+The command becomes the request: working directory, environment, argv, sys.path[0] and its three
+files, and it runs as the program's ``__main__``; it ends as that program would, through the
+interpreter's own exit (exit status, uncaught errors, atexit handlers, flushing). Only the imports
+below are shared (and the logging set-up that importing fairseq makes is undone for fairseq's
 scripts, which set up their own first), so whatever a program does when it starts (the plugin's
-``--user-dir`` import, fairseq_cli's logging set-up) still happens in each child.
+``--user-dir`` import, fairseq_cli's logging set-up) still happens in each command.
 """
+import array
 import json
 import os
 import runpy
+import select
+import signal
+import socket
+import subprocess
 import sys
+import time
+
+SOCKET_VARIABLE = "TEST_COMMAND_SERVER"  # in a served command's environment: its server's socket
+IGNORED_VARIABLES = ("PYTEST_CURRENT_TEST", SOCKET_VARIABLE)  # differ per test; no part of the import state
+
+
+def server_environment(env):
+    return {k: v for k, v in env.items() if k not in IGNORED_VARIABLES}
 
 
 def _preload():
@@ -23,10 +43,10 @@ def _preload():
     import fairseq  # noqa: F401  (its models, tasks, criterions and optimizers)
 
 
-def _become(request, logging_before):
-    if request["script"]:
+def _become(request, fds, logging_before):
+    if request["script"] or request["module"].startswith("fairseq_cli."):
         # fairseq_cli sets up logging before it imports fairseq, whose text_to_speech task calls
-        # logging.basicConfig when imported: undo that here, so the script's own set-up counts.
+        # logging.basicConfig when imported: undo that here, so the program's own set-up counts.
         import logging
 
         logging.root.handlers[:], level = logging_before
@@ -34,51 +54,152 @@ def _become(request, logging_before):
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    for fd, path, flags in ((0, request["stdin"], os.O_RDONLY),
-                            (1, request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
-                            (2, request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
-        opened = os.open(path, flags, 0o644)
-        os.dup2(opened, fd)
-        os.close(opened)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    for fd in set(fds) - {0, 1, 2}:
+        os.close(fd)
     sys.argv = list(request["argv"])
     # sys.path[0] as the interpreter sets it: the script's folder, or the working directory for -m
     sys.path[0] = os.path.dirname(os.path.abspath(request["script"])) if request["script"] else os.getcwd()
+    if os.environ.get(SOCKET_VARIABLE):
+        install_call_forwarding(lambda env: os.environ[SOCKET_VARIABLE]
+                                if server_environment(env) == server_environment(os.environ) else None)
 
 
-def serve():
-    """The server loop; returns the request in a forked child, None when its stdin closes."""
-    requests = os.fdopen(os.dup(0), "r")
+def _receive(conn):
+    """(request, its three file descriptors) from a new connection."""
+    data, fds = b"", []
+    while not data.endswith(b"\n"):
+        chunk, ancillary, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(3 * array.array("i").itemsize))
+        if not chunk:
+            raise EOFError("the client closed the connection")
+        data += chunk
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(array.array("i", payload[:len(payload) - len(payload) % array.array("i").itemsize]))
+    return json.loads(data), fds
+
+
+def _serve_one(conn, listener, answers, logging_before):
+    """In the fork that serves one connection: fork the command and report on it. Returns the request
+    in the command's process; never returns in the reporting one."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        listener.close()
+        answers.close()
+        request, fds = _receive(conn)
+        pid = os.fork()
+        if pid == 0:
+            conn.close()
+            _become(request, fds, logging_before)
+            return request
+        for fd in fds:
+            os.close(fd)
+        conn.sendall((json.dumps({"pid": pid}) + "\n").encode())
+        _, status = os.waitpid(pid, 0)
+        conn.sendall((json.dumps({"status": os.waitstatus_to_exitcode(status)}) + "\n").encode())
+    except Exception:  # the client went away (killed, timed out): nothing to report to
+        pass
+    os._exit(0)
+
+
+def serve(socket_path):
+    """The server loop; returns the request in a command's process, None when its stdin closes."""
     answers = os.fdopen(os.dup(1), "w")
     null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)
     os.dup2(null, 1)
+    os.close(null)
     import logging
 
     logging_before = (list(logging.root.handlers), logging.root.level)
     _preload()
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the serving forks are reaped by the kernel
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    listener.listen(16)
     answers.write("ready\n")
     answers.flush()
-    for line in requests:
-        request = json.loads(line)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            requests.close()
-            answers.close()
-            _become(request, logging_before)
-            return request
-        answers.write(json.dumps({"pid": pid}) + "\n")
-        answers.flush()
-        _, status = os.waitpid(pid, 0)
-        answers.write(json.dumps({"status": os.waitstatus_to_exitcode(status)}) + "\n")
-        answers.flush()
+    while True:
+        readable, _, _ = select.select([listener, 0], [], [])
+        if 0 in readable and not os.read(0, 4096):
+            return None
+        if listener in readable:
+            conn, _ = listener.accept()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if os.fork() == 0:
+                return _serve_one(conn, listener, answers, logging_before)
+            conn.close()
+
+
+def request_command(socket_path, request, fds, timeout):
+    """The exit status of ``request`` run by the server at ``socket_path`` with ``fds`` as its stdin,
+    stdout and stderr (negative: the signal that ended it). TimeoutError after ``timeout`` s (None:
+    no limit), when the command has been killed."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(socket_path)
+        conn.sendmsg([(json.dumps(request) + "\n").encode()],
+                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        answers = conn.makefile("r")
+        pid = json.loads(answers.readline())["pid"]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if select.select([conn], [], [], left)[0]:
+            line = answers.readline()
+            if line:
+                return json.loads(line)["status"]
+            raise RuntimeError("the command server ended before the command did")
+        os.kill(pid, signal.SIGKILL)
+        answers.readline()
+        raise TimeoutError
+
+
+def command_request(argv, cwd, env):
+    """The request for ``argv`` if it is one of fairseq's console scripts or ``python -m module``, else None."""
+    bin_dir = os.path.dirname(sys.executable)
+    if argv[0].startswith(os.path.join(bin_dir, "fairseq-")):
+        return {"script": argv[0], "module": None, "argv": list(argv), "cwd": cwd, "env": env}
+    if argv[:2] == [sys.executable, "-m"] and len(argv) > 2:
+        return {"script": None, "module": argv[2], "argv": ["-m", *argv[3:]], "cwd": cwd, "env": env}
     return None
 
 
+def _fd(stream, default):
+    if stream is None:
+        return default
+    return stream if isinstance(stream, int) else stream.fileno()
+
+
+def install_call_forwarding(socket_for):
+    """Make ``subprocess.call([sys.executable, "-m", "fairseq_cli.<name>", ...])`` (as the study runner
+    starts fairseq-train and fairseq-generate) run by the server ``socket_for(env)`` names; other
+    calls, and those for which it names none, start a process as before."""
+    if getattr(subprocess.call, "forwarded", False):
+        return
+    fresh_call = subprocess.call
+
+    def call(args, *, stdin=None, stdout=None, stderr=None, env=None, cwd=None, **others):
+        env = dict(os.environ if env is None else env)
+        argv = [os.fspath(a) for a in args] if isinstance(args, (list, tuple)) else None
+        request = command_request(argv, os.fspath(cwd or os.getcwd()), env) if argv else None
+        path = socket_for(env) if request and request["module"] and request["module"].startswith("fairseq_cli.") \
+            and not others and stdin not in (subprocess.PIPE,) and stdout not in (subprocess.PIPE,) else None
+        if path is None:
+            return fresh_call(args, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd, **others)
+        if hasattr(stdout, "flush"):
+            stdout.flush()
+        out = _fd(stdout, 1)
+        fds = [_fd(stdin, 0), out, out if stderr == subprocess.STDOUT else _fd(stderr, 2)]
+        request["env"] = dict(env, **{SOCKET_VARIABLE: path})
+        return request_command(path, request, fds, None)
+
+    call.forwarded = True
+    subprocess.call = call
+
+
 if __name__ == "__main__":
-    command = serve()
-    if command is not None:  # in the child: run it, and end as it ends
+    command = serve(sys.argv[1])
+    if command is not None:  # in the command's process: run it, and end as it ends
         if command["script"]:
             runpy.run_path(command["script"], run_name="__main__")
         else:

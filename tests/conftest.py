@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import command_server
+
 # Under pytest-xdist (scripts/test.sh) each worker, and every command it starts, gets its share of
 # the cores: torch's thread pools would otherwise oversubscribe them several times over.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
@@ -37,42 +39,19 @@ class _CommandServer:
 
     def __init__(self, env, folder):
         self.folder = folder
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "command_server.py")], cwd=ROOT, env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.socket = str(folder / "socket")
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "command_server.py"), self.socket],
+                                     cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=open(folder / "server.log", "wb"), bufsize=0)
-        self.pending = b""
         self.ready = False
 
-    def _wait_ready(self):
-        if not self.ready and self._answer(300) != "ready":
-            raise RuntimeError(f"the command server did not start:\n{(self.folder / 'server.log').read_text()[-3000:]}")
-        self.ready = True
-
-    def _answer(self, timeout):
-        deadline = None if timeout is None else time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self.pending:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not select.select([fd], [], [], left)[0]:
-                raise TimeoutError
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                raise RuntimeError(f"the command server ended:\n{(self.folder / 'server.log').read_text()[-3000:]}")
-            self.pending += chunk
-        line, self.pending = self.pending.split(b"\n", 1)
-        return line.decode()
-
-    def run(self, request, timeout):
-        """The command's exit status, as subprocess gives it (negative: the signal that ended it)."""
-        self._wait_ready()
-        self.proc.stdin.write((json.dumps(request) + "\n").encode())
-        pid = json.loads(self._answer(60))["pid"]
-        try:
-            return json.loads(self._answer(timeout))["status"]
-        except TimeoutError:
-            os.kill(pid, signal.SIGKILL)
-            self._answer(60)
-            raise
+    def wait_ready(self):
+        if not self.ready:
+            fd = self.proc.stdout.fileno()
+            if not select.select([fd], [], [], 300)[0] or os.read(fd, 64) != b"ready\n":
+                raise RuntimeError(f"the command server did not start:\n{(self.folder / 'server.log').read_text()[-3000:]}")
+            self.ready = True
+        return self.socket
 
     def close(self):
         self.proc.stdin.close()
@@ -91,52 +70,48 @@ def _stop_servers():
 atexit.register(_stop_servers)
 
 
-def _server_request(cmd):
-    """(script, module) when ``cmd`` is a fairseq console script or ``python -m module``, else None."""
-    if cmd[0].startswith(str(BIN / "fairseq-")):
-        return cmd[0], None
-    if cmd[:2] == [sys.executable, "-m"] and len(cmd) > 2:
-        return None, cmd[2]
-    return None
-
-
 def _server(env):
     """The command server for ``env`` (started now if there is none: it imports while the caller goes on)."""
-    server_env = {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}
+    server_env = command_server.server_environment(env)
     key = tuple(sorted(server_env.items()))
     if key not in _SERVERS:
         _SERVERS[key] = _CommandServer(server_env, Path(tempfile.mkdtemp(prefix="command-server-")))
     return _SERVERS[key]
 
 
+def _served():
+    return os.environ.get("TEST_FRESH_PROCESSES") != "1"
+
+
 def run_command(cmd, *, cwd=None, env=None, input=None, timeout=600):
     """``subprocess.run(cmd, capture_output=True, text=True, ...)`` for one of fairseq's console
     scripts or ``python -m <module>``: run in a fork of a command server (tests/command_server.py)
     that has imported torch and fairseq once, which spares each command the 4 to 5 s of a fresh
-    interpreter's imports. One server per environment a test asks for; other commands, and every
-    command when TEST_FRESH_PROCESSES=1, run as fresh processes. Tests about what a program prints
-    while it imports (start-up noise, warnings) start fresh processes themselves."""
+    interpreter's imports; the fairseq commands that command starts with subprocess.call are served
+    too. One server per environment a test asks for; other commands, and every command when
+    TEST_FRESH_PROCESSES=1, run as fresh processes. Tests about what a program prints while it
+    imports (start-up noise, warnings) start fresh processes themselves."""
     cmd = [str(c) for c in cmd]
     env = dict(os.environ if env is None else env)
-    kind = _server_request(cmd)
-    if kind is None or os.environ.get("TEST_FRESH_PROCESSES") == "1":
+    request = command_server.command_request(cmd, str(cwd or ROOT), env)
+    if request is None or not _served():
         return subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=env,
                               input=input, stdin=None if input is not None else subprocess.DEVNULL)
-    server = _server(env)
-    with tempfile.TemporaryDirectory() as tmp:
-        files = {name: os.path.join(tmp, name) for name in ("stdin", "stdout", "stderr")}
-        with open(files["stdin"], "w") as f:
-            f.write(input or "")
-        script, module = kind
-        request = {"script": script, "module": module, "argv": cmd[:1] if script else ["-m"], "cwd": str(cwd or ROOT),
-                   "env": env, **files}
-        request["argv"] += cmd[1:] if script else cmd[3:]
+    socket_path = _server(env).wait_ready()
+    request["env"][command_server.SOCKET_VARIABLE] = socket_path
+    with tempfile.TemporaryFile("w+") as stdin, tempfile.TemporaryFile("w+", errors="replace") as out, \
+            tempfile.TemporaryFile("w+", errors="replace") as err:
+        stdin.write(input or "")
+        stdin.flush()
+        stdin.seek(0)
         try:
-            status = server.run(request, timeout)
+            status = command_server.request_command(socket_path, request, [f.fileno() for f in (stdin, out, err)],
+                                                    timeout)
         except TimeoutError:
             raise subprocess.TimeoutExpired(cmd, timeout) from None
-        out, err = (Path(files[name]).read_text(errors="replace") for name in ("stdout", "stderr"))
-    return subprocess.CompletedProcess(cmd, status, out, err)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, status, out.read(), err.read())
 
 
 def _cli_env():
@@ -144,8 +119,11 @@ def _cli_env():
 
 
 def pytest_configure(config):
-    if hasattr(config, "workerinput") and os.environ.get("TEST_FRESH_PROCESSES") != "1":  # a pytest-xdist worker
-        _server(_cli_env())  # run_cli's server imports while this worker collects the tests
+    if _served():
+        # in-process code that starts fairseq commands (the pretrained model's check) gets them served too
+        command_server.install_call_forwarding(lambda env: _server(env).wait_ready())
+        if hasattr(config, "workerinput"):  # a pytest-xdist worker
+            _server(_cli_env())  # run_cli's server imports while this worker collects the tests
 
 
 def run_cli(name, *args, cwd=None, check=True, timeout=600):
