@@ -6,9 +6,9 @@ stdout once imported and ends when its stdin closes. A client connects to its Un
 one JSON request line with three file descriptors (the command's stdin, stdout and stderr); the
 server answers with the command's pid, then with its exit status. Each request is served at once
 by a fork that forks the command and waits for it, so a served program's own commands (the study
-runner's fairseq-train and fairseq-generate) are served too while it waits for them: a served
-program's ``subprocess.call`` of ``python -m fairseq_cli.<name>`` in the same environment is sent
-here (install_call_forwarding).
+runner's fairseq-train and fairseq-generate, the GPU check's steps) are served too while it waits
+for them: a served program's ``subprocess.call`` or ``subprocess.run`` of fairseq's or the plugin's
+programs in the same environment is sent here (install_call_forwarding).
 
 The command becomes the request: working directory, environment, argv, sys.path[0] and its three
 files, and it runs as the program's ``__main__``; it ends as that program would, through the
@@ -155,13 +155,25 @@ def request_command(socket_path, request, fds, timeout):
 
 
 def command_request(argv, cwd, env):
-    """The request for ``argv`` if it is one of fairseq's console scripts or ``python -m module``, else None."""
+    """The request for ``argv`` if it is one of fairseq's console scripts, ``python -m module`` or
+    ``python script.py``, else None."""
     bin_dir = os.path.dirname(sys.executable)
     if argv[0].startswith(os.path.join(bin_dir, "fairseq-")):
         return {"script": argv[0], "module": None, "argv": list(argv), "cwd": cwd, "env": env}
     if argv[:2] == [sys.executable, "-m"] and len(argv) > 2:
         return {"script": None, "module": argv[2], "argv": ["-m", *argv[3:]], "cwd": cwd, "env": env}
+    if argv[0] == sys.executable and len(argv) > 1 and argv[1].endswith(".py"):
+        return {"script": argv[1], "module": None, "argv": argv[1:], "cwd": cwd, "env": env}
     return None
+
+
+def _forwarded(request):
+    """Whether a program's own command is sent to the server: fairseq's and the plugin's programs."""
+    if request is None:
+        return False
+    if request["module"] is None:
+        return os.path.basename(request["script"]).startswith("fairseq-")
+    return request["module"].startswith(("fairseq_cli.", "one_layer_lottery."))
 
 
 def _fd(stream, default):
@@ -171,30 +183,51 @@ def _fd(stream, default):
 
 
 def install_call_forwarding(socket_for):
-    """Make ``subprocess.call([sys.executable, "-m", "fairseq_cli.<name>", ...])`` (as the study runner
-    starts fairseq-train and fairseq-generate) run by the server ``socket_for(env)`` names; other
-    calls, and those for which it names none, start a process as before."""
-    if getattr(subprocess.call, "forwarded", False):
+    """Make ``subprocess.call`` and ``subprocess.run`` of fairseq's console scripts and of ``python -m``
+    fairseq_cli or one_layer_lottery modules (as the study runner starts fairseq-train, the GPU check
+    its steps) run by the server ``socket_for(env)`` names; calls that capture output or pass other
+    options, and those for which it names none, start a process as before."""
+    if getattr(subprocess.run, "forwarded", False):
         return
-    fresh_call = subprocess.call
+    fresh = {"call": subprocess.call, "run": subprocess.run}
 
-    def call(args, *, stdin=None, stdout=None, stderr=None, env=None, cwd=None, **others):
+    def status_or_none(args, stdin, stdout, stderr, env, cwd, timeout):
         env = dict(os.environ if env is None else env)
-        argv = [os.fspath(a) for a in args] if isinstance(args, (list, tuple)) else None
+        argv = [os.fspath(a) for a in args] if isinstance(args, (list, tuple)) and args else None
         request = command_request(argv, os.fspath(cwd or os.getcwd()), env) if argv else None
-        path = socket_for(env) if request and request["module"] and request["module"].startswith("fairseq_cli.") \
-            and not others and stdin not in (subprocess.PIPE,) and stdout not in (subprocess.PIPE,) else None
+        if not _forwarded(request) or {subprocess.PIPE, subprocess.DEVNULL} & {stdin, stdout, stderr}:
+            return None
+        path = socket_for(env)
         if path is None:
-            return fresh_call(args, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd, **others)
+            return None
         if hasattr(stdout, "flush"):
             stdout.flush()
         out = _fd(stdout, 1)
         fds = [_fd(stdin, 0), out, out if stderr == subprocess.STDOUT else _fd(stderr, 2)]
         request["env"] = dict(env, **{SOCKET_VARIABLE: path})
-        return request_command(path, request, fds, None)
+        try:
+            return request_command(path, request, fds, timeout)
+        except TimeoutError:
+            raise subprocess.TimeoutExpired(args, timeout) from None
 
-    call.forwarded = True
-    subprocess.call = call
+    def call(args, *, stdin=None, stdout=None, stderr=None, env=None, cwd=None, timeout=None, **others):
+        status = None if others else status_or_none(args, stdin, stdout, stderr, env, cwd, timeout)
+        if status is None:
+            return fresh["call"](args, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd, timeout=timeout,
+                                 **others)
+        return status
+
+    def run(args, *, stdin=None, stdout=None, stderr=None, env=None, cwd=None, timeout=None, check=False, **others):
+        status = None if others else status_or_none(args, stdin, stdout, stderr, env, cwd, timeout)
+        if status is None:
+            return fresh["run"](args, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd, timeout=timeout,
+                                check=check, **others)
+        if check and status != 0:
+            raise subprocess.CalledProcessError(status, args)
+        return subprocess.CompletedProcess(args, status)
+
+    call.forwarded = run.forwarded = True
+    subprocess.call, subprocess.run = call, run
 
 
 if __name__ == "__main__":

@@ -8,16 +8,18 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, run_command
 
 
 def gpu_check(out, *args, set_up=True, timeout=900):
     """scripts/gpu_check.sh OUT ARGS; without set_up, only the Python script it ends in (the set-up
     step, scripts/setup.sh, is the one thing the shell script adds)."""
-    command = ["bash", str(ROOT / "scripts" / "gpu_check.sh")] if set_up else [
-        sys.executable, str(ROOT / "scripts" / "gpu_check.py")]
-    return subprocess.run([*command, str(out), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "GPU_CHECK_BUDGET_S": "1800"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GPU_CHECK_BUDGET_S": "1800", "PYTHONWARNINGS": "ignore"}
+    if set_up:
+        return subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(out), *args], capture_output=True,
+                              text=True, timeout=timeout, env=env)
+    # served: so are the fairseq and plugin commands it starts (see conftest.run_command)
+    return run_command([sys.executable, ROOT / "scripts" / "gpu_check.py", out, *args], timeout=timeout, env=env)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the check runs for real")

@@ -87,9 +87,10 @@ def dense_done(joined_bin, tmp_path_factory):
         {"name": "dense", "about": "trained", "model": "dense"},
         {"name": "small", "about": "one layer", "model": "one-layer", "seeds": [1, 2],
          "flags": {"prune-ratio": 0.5}},
-        {"name": "small+emb", "about": "dense-s1's embeddings", "model": "one-layer", "seeds": [1, 2],
+        {"name": "small+emb", "about": "dense-s1's embeddings", "model": "one-layer",
          "embeddings_from": "dense-s1", "flags": {"embed-no-mask": True}},
-        {"name": "small-lr1e-3", "about": "lr probe", "model": "one-layer", "probe": True, "flags": {"lr": 0.001}}])
+        {"name": "small-lr1e-3", "about": "lr probe", "model": "one-layer", "probe": True,
+         "embeddings_from": "dense-s1", "flags": {"embed-no-mask": True, "lr": 0.001}}])
     proc = study_cli("run", path, "dense")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return folder, path, proc
@@ -142,11 +143,18 @@ def test_a_one_layer_run_writes_every_field(finished):
     assert "small-s2" not in proc.stdout and "dense-s1" not in proc.stdout  # only the runs asked for
 
 
-def test_a_run_records_the_embeddings_it_takes(dense_done):
-    folder, path, _ = dense_done
+@pytest.fixture(scope="module")
+def embeddings_taken(dense_done):
+    """dense_done, and small+emb-s1 (dense-s1's embeddings) finished too: its run's process."""
+    _, path, _ = dense_done
     proc = study_cli("run", path, "small+emb-s1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "dense-s1: done" in proc.stdout and "dense-s1: training" not in proc.stdout
+    return proc
+
+
+def test_a_run_records_the_embeddings_it_takes(dense_done, embeddings_taken):
+    folder, _, _ = dense_done
+    assert "dense-s1: done" in embeddings_taken.stdout and "dense-s1: training" not in embeddings_taken.stdout
     table = folder / "results" / "dense-s1.embeddings.npz"
     first = results.read(str(folder / "results" / "small+emb-s1.json"))
     dense = results.read(str(folder / "results" / "dense-s1.json"))
@@ -160,25 +168,32 @@ def test_a_run_records_the_embeddings_it_takes(dense_done):
         assert list(kept["encoder_tokens"]) == tables["encoder"][0] and "decoder" not in kept.files
 
 
-def test_the_kept_embeddings_are_enough_once_the_checkpoint_is_gone(dense_done, tmp_path):
-    """The study's result files and the study file, copied without work/ (no checkpoint of dense-s1)."""
+@pytest.fixture(scope="module")
+def probe_without_checkpoints(dense_done, embeddings_taken, tmp_path_factory):
+    """The study's result files and the study file, copied without work/ (no checkpoint of dense-s1),
+    and its probe (which takes dense-s1's embeddings) run there: (folder, its process)."""
     folder, path, _ = dense_done
-    shutil.copytree(folder / "results", tmp_path / "results")
-    shutil.copy(path, tmp_path / "study.yaml")
-    proc = study_cli("run", tmp_path / "study.yaml", "small+emb-s2")
+    copy = tmp_path_factory.mktemp("study-copy")
+    shutil.copytree(folder / "results", copy / "results")
+    shutil.copy(path, copy / "study.yaml")
+    return copy, study_cli("run", copy / "study.yaml", "small-lr1e-3")
+
+
+def test_the_kept_embeddings_are_enough_once_the_checkpoint_is_gone(dense_done, probe_without_checkpoints):
+    folder, _, _ = dense_done
+    copy, proc = probe_without_checkpoints
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "dense-s1: done" in proc.stdout and "dense-s1: training" not in proc.stdout
-    assert not (tmp_path / "work" / "dense-s1").exists()
-    second = results.read(str(tmp_path / "results" / "small+emb-s2.json"))
+    assert not (copy / "work" / "dense-s1").exists()
+    probe = results.read(str(copy / "results" / "small-lr1e-3-s1.json"))
     dense = results.read(str(folder / "results" / "dense-s1.json"))
-    assert second["embeddings"] == {"run": "dense-s1", "checkpoint_update": dense["test"]["checkpoint_update"],
-                                    "table": "results/dense-s1.embeddings.npz",
-                                    "sha256": embeddings.digest(str(folder / "results" / "dense-s1.embeddings.npz"))}
+    assert probe["embeddings"] == {"run": "dense-s1", "checkpoint_update": dense["test"]["checkpoint_update"],
+                                   "table": "results/dense-s1.embeddings.npz",
+                                   "sha256": embeddings.digest(str(folder / "results" / "dense-s1.embeddings.npz"))}
 
 
-def test_a_probe_records_its_validation_and_never_decodes_the_test_set(dense_done, tmp_path, capsys):
-    folder, path, _ = dense_done
-    proc = study_cli("run", path, "small-lr1e-3")
+def test_a_probe_records_its_validation_and_never_decodes_the_test_set(probe_without_checkpoints, tmp_path, capsys):
+    folder, proc = probe_without_checkpoints
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = results.read(str(folder / "results" / "small-lr1e-3-s1.json"))
     bleu, update = results.best_validation(result)
@@ -188,7 +203,7 @@ def test_a_probe_records_its_validation_and_never_decodes_the_test_set(dense_don
     assert [v["update"] for v in result["valid"]] == [10, 20] and result["flags"]["lr"] == 0.001
     copy = tmp_path / "copy"
     shutil.copytree(folder / "results", copy / "results")
-    shutil.copy(path, copy / "study.yaml")
+    shutil.copy(folder / "study.yaml", copy / "study.yaml")
     table = study_main(capsys, "table", copy / "study.yaml")
     assert table.returncode == 0, table.stderr
     tested, probes = table.stdout.split("Probes (validation only; the test set is not scored):")
