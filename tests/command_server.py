@@ -18,8 +18,10 @@ scripts, which set up their own first), so whatever a program does when it start
 ``--user-dir`` import, fairseq_cli's logging set-up) still happens in each command.
 """
 import array
+import hashlib
 import json
 import os
+import re
 import runpy
 import select
 import signal
@@ -28,12 +30,36 @@ import subprocess
 import sys
 import time
 
-SOCKET_VARIABLE = "TEST_COMMAND_SERVER"  # in a served command's environment: its server's socket
-IGNORED_VARIABLES = ("PYTEST_CURRENT_TEST", SOCKET_VARIABLE)  # differ per test; no part of the import state
+# In a served command's environment: its server's socket, and a digest of the server's environment.
+SOCKET_VARIABLE, DIGEST_VARIABLE = "TEST_COMMAND_SERVER", "TEST_COMMAND_SERVER_ENV"
+IGNORED_VARIABLES = ("PYTEST_CURRENT_TEST", SOCKET_VARIABLE, DIGEST_VARIABLE)  # no part of the import state
+
+
+# What importing torch and fairseq depends on: Python's, the thread pools' and torch's settings.
+IMPORT_VARIABLES = re.compile(r"^(PYTHON|OMP_|MKL_|KMP_|OPENBLAS_|TORCH|CUDA|NCCL|LD_|HYDRA|FAIRSEQ|HOME$|PATH$)")
 
 
 def server_environment(env):
-    return {k: v for k, v in env.items() if k not in IGNORED_VARIABLES}
+    """The part of ``env`` a server's imports depend on: commands that differ only elsewhere (a data
+    folder, a save directory) share a server."""
+    return {k: v for k, v in env.items() if IMPORT_VARIABLES.match(k) and k not in IGNORED_VARIABLES}
+
+
+def environment_digest(env):
+    return hashlib.sha256(json.dumps(sorted(server_environment(env).items())).encode()).hexdigest()
+
+
+def served_environment(env, socket_path):
+    """``env`` with the variables that send the fairseq commands started under it to ``socket_path``."""
+    return dict(env, **{SOCKET_VARIABLE: socket_path, DIGEST_VARIABLE: environment_digest(env)})
+
+
+def served_socket(env):
+    """The socket of the server whose environment ``env`` is (served_environment), else None: a
+    command in another environment (other threads, other warning filters) starts afresh."""
+    if env.get(SOCKET_VARIABLE) and env.get(DIGEST_VARIABLE) == environment_digest(env):
+        return env[SOCKET_VARIABLE]
+    return None
 
 
 def _preload():
@@ -62,8 +88,7 @@ def _become(request, fds, logging_before):
     # sys.path[0] as the interpreter sets it: the script's folder, or the working directory for -m
     sys.path[0] = os.path.dirname(os.path.abspath(request["script"])) if request["script"] else os.getcwd()
     if os.environ.get(SOCKET_VARIABLE):
-        install_call_forwarding(lambda env: os.environ[SOCKET_VARIABLE]
-                                if server_environment(env) == server_environment(os.environ) else None)
+        install_call_forwarding(served_socket)
 
 
 def _receive(conn):
@@ -204,7 +229,7 @@ def install_call_forwarding(socket_for):
             stdout.flush()
         out = _fd(stdout, 1)
         fds = [_fd(stdin, 0), out, out if stderr == subprocess.STDOUT else _fd(stderr, 2)]
-        request["env"] = dict(env, **{SOCKET_VARIABLE: path})
+        request["env"] = served_environment(env, path)
         try:
             return request_command(path, request, fds, timeout)
         except TimeoutError:
@@ -228,6 +253,22 @@ def install_call_forwarding(socket_for):
 
     call.forwarded = run.forwarded = True
     subprocess.call, subprocess.run = call, run
+
+
+def shim(real):
+    """A stand-in for the program ``real`` (a fairseq console script or the environment's python) in
+    a folder that scripts take their tools from: sends the command to the server when it is one of
+    fairseq's or the plugin's programs and its environment is the server's, else runs ``real``."""
+    argv = [real, *sys.argv[1:]]
+    request = command_request(argv, os.getcwd(), dict(os.environ))
+    path = served_socket(os.environ) if _forwarded(request) else None
+    if path is None:
+        os.execv(real, argv)
+    status = request_command(path, request, [0, 1, 2], None)
+    if status < 0:
+        signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

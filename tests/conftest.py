@@ -72,9 +72,9 @@ atexit.register(_stop_servers)
 
 def _server(env):
     """The command server for ``env`` (started now if there is none: it imports while the caller goes on)."""
-    server_env = command_server.server_environment(env)
-    key = tuple(sorted(server_env.items()))
+    key = tuple(sorted(command_server.server_environment(env).items()))
     if key not in _SERVERS:
+        server_env = {k: v for k, v in env.items() if k not in command_server.IGNORED_VARIABLES}
         _SERVERS[key] = _CommandServer(server_env, Path(tempfile.mkdtemp(prefix="command-server-")))
     return _SERVERS[key]
 
@@ -98,7 +98,7 @@ def run_command(cmd, *, cwd=None, env=None, input=None, timeout=600):
         return subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=env,
                               input=input, stdin=None if input is not None else subprocess.DEVNULL)
     socket_path = _server(env).wait_ready()
-    request["env"][command_server.SOCKET_VARIABLE] = socket_path
+    request["env"] = command_server.served_environment(env, socket_path)
     with tempfile.TemporaryFile("w+") as stdin, tempfile.TemporaryFile("w+", errors="replace") as out, \
             tempfile.TemporaryFile("w+", errors="replace") as err:
         stdin.write(input or "")
@@ -136,9 +136,32 @@ def run_cli(name, *args, cwd=None, check=True, timeout=600):
     return proc
 
 
+@functools.lru_cache(maxsize=None)
+def _served_venv():
+    """A folder that stands in for the environment (VENV) the scripts take their tools from: its
+    fairseq console scripts and python send fairseq's and the plugin's programs to a command server
+    (command_server.shim), its other tools are the environment's own."""
+    venv = Path(tempfile.mkdtemp(prefix="served-venv-"))
+    (venv / "bin").mkdir()
+    for tool in BIN.iterdir():
+        if tool.name.startswith("fairseq-") or tool.name == "python":
+            shim = venv / "bin" / tool.name
+            shim.write_text(f"#!{sys.executable} -S\nimport sys\nsys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+                            f"import command_server\ncommand_server.shim({str(tool)!r})\n")
+            shim.chmod(0o755)
+        else:
+            (venv / "bin" / tool.name).symlink_to(tool)
+    atexit.register(shutil.rmtree, venv, ignore_errors=True)
+    return venv
+
+
 def run_script(name, *args, env=None, check=True, timeout=600):
-    """Run one of scripts/*.sh with bash (one worker, one thread); returns the CompletedProcess."""
+    """Run one of scripts/*.sh with bash (one worker, one thread); returns the CompletedProcess. The
+    fairseq and plugin commands it runs are served (see run_command) unless ``env`` names a VENV."""
     full_env = dict(os.environ, PYTHONWARNINGS="ignore", WORKERS="1", OMP_NUM_THREADS="1", **(env or {}))
+    if _served() and "VENV" not in (env or {}):
+        full_env["VENV"] = str(_served_venv())
+        full_env = command_server.served_environment(full_env, _server(full_env).wait_ready())
     proc = subprocess.run(["bash", str(ROOT / "scripts" / name), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=ROOT)
     if check and proc.returncode != 0:
