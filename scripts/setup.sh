@@ -22,8 +22,14 @@ stamp="$venv/.one_layer_lottery-setup"
 die() { echo "setup: $*" >&2; exit 2; }
 
 want="$(printf '%s\n' "$torch_spec" "${base_reqs[@]}" "$fairseq_spec" "${reqs[@]}" | sha256sum | cut -c1-16)"
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] \
-   && "$venv/bin/python" -c "import fairseq, one_layer_lottery" >/dev/null 2>&1; then
+# Up to date: the stamp matches, fairseq is installed and one_layer_lottery is this checkout's
+# (found without importing them, which would take seconds).
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && "$venv/bin/python" -c '
+import importlib.util as util, os, sys
+ours = util.find_spec("one_layer_lottery")
+sys.exit(not (util.find_spec("fairseq") and ours and ours.origin
+              and os.path.dirname(os.path.dirname(os.path.realpath(ours.origin))) == os.path.realpath(sys.argv[1])))
+' "$root" >/dev/null 2>&1; then
   echo "setup: $venv is up to date"
   exit 0
 fi

@@ -36,7 +36,7 @@ IGNORED_VARIABLES = ("PYTEST_CURRENT_TEST", SOCKET_VARIABLE, DIGEST_VARIABLE)  #
 
 
 # What importing torch and fairseq depends on: Python's, the thread pools' and torch's settings.
-IMPORT_VARIABLES = re.compile(r"^(PYTHON|OMP_|MKL_|KMP_|OPENBLAS_|TORCH|CUDA|NCCL|LD_|HYDRA|FAIRSEQ|HOME$|PATH$)")
+IMPORT_VARIABLES = re.compile(r"^(PYTHON|OMP_|MKL_|KMP_|OPENBLAS_|TORCH|CUDA|NCCL|LD_|HYDRA|FAIRSEQ|HOME$)")
 
 
 def server_environment(env):

@@ -118,6 +118,17 @@ def _cli_env():
     return dict(os.environ, PYTHONWARNINGS="ignore")
 
 
+# The files that take longest, longest first: scripts/test.sh hands out whole files, in this order
+# and then the rest, so the two workers end together rather than one waiting on a long file.
+LONGEST_FILES = ("test_pretrained.py", "test_study.py", "test_bad_inputs.py", "test_docs_commands.py",
+                 "test_configs.py", "test_data_scripts.py", "test_train_scripts.py", "test_gpu_check.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 def pytest_configure(config):
     if _served():
         # in-process code that starts fairseq commands (the pretrained model's check) gets them served too
@@ -155,13 +166,21 @@ def _served_venv():
     return venv
 
 
+def served_tools(env):
+    """``env`` for a shell command whose fairseq and plugin commands are served: the stand-ins of
+    _served_venv first on its PATH, and its server's socket (``env`` itself when not served)."""
+    if not _served():
+        return env
+    env = dict(env, PATH=f"{_served_venv() / 'bin'}{os.pathsep}{env.get('PATH', '')}")
+    return command_server.served_environment(env, _server(env).wait_ready())
+
+
 def run_script(name, *args, env=None, check=True, timeout=600):
     """Run one of scripts/*.sh with bash (one worker, one thread); returns the CompletedProcess. The
     fairseq and plugin commands it runs are served (see run_command) unless ``env`` names a VENV."""
     full_env = dict(os.environ, PYTHONWARNINGS="ignore", WORKERS="1", OMP_NUM_THREADS="1", **(env or {}))
     if _served() and "VENV" not in (env or {}):
-        full_env["VENV"] = str(_served_venv())
-        full_env = command_server.served_environment(full_env, _server(full_env).wait_ready())
+        full_env = served_tools(dict(full_env, VENV=str(_served_venv())))
     proc = subprocess.run(["bash", str(ROOT / "scripts" / name), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=ROOT)
     if check and proc.returncode != 0:

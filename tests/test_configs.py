@@ -1,5 +1,7 @@
 """Every Hydra YAML in configs/ is loaded the way fairseq-hydra-train loads it and builds its model
 (on the sample corpus' dictionaries) with the paper's shape and recipe."""
+import copy
+
 import pytest
 import torch
 
@@ -26,14 +28,12 @@ EXPECTED["wmt14_big_as_run"] = (1536, 6144, 24, 6, 6, "en")
 WMT = sorted(name for name in EXPECTED if name.startswith("wmt14"))
 
 
-def load_config(name, overrides, hydra_node=False):
-    """configs/NAME.yaml as fairseq-hydra-train composes it (schema check included), with defaults added;
-    with hydra_node, the composed config's ``hydra`` node instead."""
+def composed(name, overrides, hydra_node=False):
+    """configs/NAME.yaml as fairseq-hydra-train composes it (schema check included), with defaults
+    added and its interpolations not yet resolved; with hydra_node, the composed config's ``hydra`` node."""
     from fairseq.dataclass.initialize import add_defaults, hydra_init
-    from fairseq.dataclass.utils import omegaconf_no_object_check
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
 
     hydra_init(name)
     GlobalHydra.instance().clear()
@@ -42,10 +42,29 @@ def load_config(name, overrides, hydra_node=False):
     if hydra_node:
         return cfg.hydra
     add_defaults(cfg)
+    return cfg
+
+
+def resolved(cfg, **values):
+    """A composed config with ``values`` set ({"group__key": value}: what an override of group.key
+    sets), its interpolations resolved as fairseq-hydra-train resolves them."""
+    from fairseq.dataclass.utils import omegaconf_no_object_check
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        for key, value in values.items():
+            OmegaConf.update(cfg, key.replace("__", "."), value, merge=False)
     with omegaconf_no_object_check():
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+def load_config(name, overrides, hydra_node=False):
+    """configs/NAME.yaml as fairseq-hydra-train loads it with ``overrides``, resolved (see composed)."""
+    cfg = composed(name, overrides, hydra_node)
+    return cfg if hydra_node else resolved(cfg)
 
 
 def test_every_yaml_is_checked():
@@ -139,8 +158,9 @@ def test_wmt_configs_take_the_world_size_from_the_machine(name, sample_bin, monk
     update_freq, max_tokens = WMT_BATCHES.get(world, (None, None))
     if update_freq is not None:
         assert (cfg.optimization.update_freq, cfg.dataset.max_tokens) == ([update_freq], max_tokens)
+    base = composed(name, [f"task.data={sample_bin}"])  # composed once; each world size resolved from it
     for world, (update_freq, max_tokens) in WMT_BATCHES.items():
-        cfg = load_config(name, [f"task.data={sample_bin}", f"distributed_training.distributed_world_size={world}"])
+        cfg = resolved(base, distributed_training__distributed_world_size=world)
         assert (cfg.optimization.update_freq, cfg.dataset.max_tokens) == ([update_freq], max_tokens), world
     # overrides: fewer tokens per GPU (the update frequency makes up for them), or a fixed update frequency
     cfg = load_config(name, [f"task.data={sample_bin}", "distributed_training.distributed_world_size=8",

@@ -5,11 +5,10 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 
 import pytest
 
-from conftest import BIN, ROOT, hypotheses, run_command
+from conftest import BIN, ROOT, hypotheses, served_tools
 
 DOCS = {"wmt14.md": "transformer_wmt_en_de", "iwslt14.md": "transformer_iwslt_de_en"}
 README = ROOT / "README.md"
@@ -59,33 +58,12 @@ def block_of(markdown, name):
     return found[0]
 
 
-def _expanded(command, cwd, env):
-    """The words bash runs for ``command`` (quotes removed, $PWD and the rest expanded by bash
-    itself), or None when it is more than one program with its arguments (pipes, lists, redirections)."""
-    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
-    lexer.whitespace_split = True
-    if any(set(token) <= set("();<>|&") for token in lexer):
-        return None
-    words = subprocess.run(["bash", "-c", f"set -- {command}\nprintf '%s\\0' \"$@\""], cwd=cwd, env=env,
-                           capture_output=True, check=True).stdout.decode().split("\0")[:-1]
-    if words and (BIN / words[0]).is_file() and words[0].startswith("fairseq-"):
-        return [str(BIN / words[0]), *words[1:]]
-    if words[:2] == ["python", "-m"]:
-        return [sys.executable, *words[1:]]
-    return None
-
-
 def run_as_written(command, cwd):
     """``command`` as a user types it in ``cwd`` (bash: quotes and $PWD as written), in the project's
-    environment; returns the CompletedProcess after checking it succeeded. One fairseq command line or
-    ``python -m`` module runs through conftest.run_command with the words bash expands."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    words = _expanded(command, cwd, env)
-    if words is not None:
-        proc = run_command(words, cwd=cwd, timeout=600, env=env)
-    else:
-        proc = subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True, timeout=600,
-                              env=env)
+    environment; returns the CompletedProcess after checking it succeeded. Its fairseq and plugin
+    commands are served (conftest.served_tools)."""
+    env = served_tools(dict(os.environ, PYTHONWARNINGS="ignore", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}"))
+    proc = subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return proc
 
