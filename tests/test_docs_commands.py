@@ -172,8 +172,8 @@ def test_every_readme_block_runs_or_is_checked():
 
 
 # docs page -> the test that runs its first command block on small inputs, when the page's own inputs
-# are the full corpora or several GPUs (subnetwork-files.md and tools.md run here, reproduction.md is
-# parsed here).
+# are the full corpora or several GPUs (subnetwork-files.md and tools.md run here, the study pages'
+# blocks are parsed here).
 RUN_ELSEWHERE = {
     "benchmarks.md": ("test_data_scripts.py", "test_prepare_multi30k_on_the_sample_corpus", "prepare_multi30k.sh"),
     "iwslt14.md": ("test_data_scripts.py", "test_prepare_iwslt14_from_a_local_archive", "prepare_iwslt14.sh"),
@@ -185,19 +185,22 @@ RUN_ELSEWHERE = {
 
 def test_every_docs_first_command_block_runs_somewhere():
     pages = {p.name for p in (ROOT / "docs").glob("*.md") if command_blocks(p.read_text())}
-    assert pages == {*RUN_ELSEWHERE, "subnetwork-files.md", "tools.md", "reproduction.md"}
+    assert pages == {*RUN_ELSEWHERE, *STUDY_PAGES, "subnetwork-files.md", "tools.md"}
     for page, (test_file, test_name, tool) in RUN_ELSEWHERE.items():
         first = command_blocks((ROOT / "docs" / page).read_text())[0]
         assert any(tool in command for command in first), (page, first)
         assert f"\ndef {test_name}(" in (ROOT / "tests" / test_file).read_text(), (page, test_name)
 
 
-def test_reproduction_page_first_block_parses():
+STUDY_PAGES = ("reproduction.md", "beyond-the-paper.md")
+
+
+@pytest.mark.parametrize("page", STUDY_PAGES)
+def test_study_page_first_block_parses(page):
     """Its runs train on Multi30k (hours): the study files load and the runs they name exist."""
     from one_layer_lottery.study.spec import load
 
-    for words in (shlex.split(c, comments=True) for c in command_blocks((ROOT / "docs" / "reproduction.md")
-                                                                         .read_text())[0]):
+    for words in (shlex.split(c, comments=True) for c in command_blocks((ROOT / "docs" / page).read_text())[0]):
         assert words[:3] == ["python", "-m", "one_layer_lottery.study"], words
         spec = load(str(ROOT / words[4]))
         if words[3] == "run":

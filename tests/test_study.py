@@ -312,14 +312,15 @@ def test_table_numbers(tmp_path):
     assert report.markdown(study, rows).splitlines()[3].endswith("| 2000 | 3072 KiB |")
 
 
-@pytest.mark.parametrize("name", ["multi30k", "multi30k-long"])
-def test_reproduction_page_holds_the_table_of_the_committed_results(name):
+@pytest.mark.parametrize("name, page", [("multi30k", "reproduction.md"), ("multi30k-long", "reproduction.md"),
+                                        ("multi30k-methods", "beyond-the-paper.md")])
+def test_the_pages_hold_the_tables_of_the_committed_results(name, page):
     study = load(str(ROOT / "configs" / "study" / f"{name}.yaml"))
-    page = (ROOT / "docs" / "reproduction.md").read_text()
+    text = (ROOT / "docs" / page).read_text()
     begin, end = report.markers(study)
-    table = page.split(begin + "\n", 1)[1].split(end, 1)[0]
+    table = text.split(begin + "\n", 1)[1].split(end, 1)[0]
     assert table == report.markdown(study, report.collect(study)), \
-        f"docs/reproduction.md is stale: run `python -m one_layer_lottery.study table configs/study/{name}.yaml --into docs/reproduction.md`"
+        f"docs/{page} is stale: run `python -m one_layer_lottery.study table configs/study/{name}.yaml --into docs/{page}`"
 
 
 def test_committed_results_record_no_machine_paths():
