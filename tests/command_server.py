@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 
 # In a served command's environment: its server's socket, and a digest of the server's environment.
 SOCKET_VARIABLE, DIGEST_VARIABLE = "TEST_COMMAND_SERVER", "TEST_COMMAND_SERVER_ENV"
@@ -115,8 +116,12 @@ def _serve_one(conn, listener, answers, logging_before):
         request, fds = _receive(conn)
         pid = os.fork()
         if pid == 0:
-            conn.close()
-            _become(request, fds, logging_before)
+            try:
+                conn.close()
+                _become(request, fds, logging_before)
+            except BaseException:  # no command to run (a missing working directory): fail as a start would
+                traceback.print_exc()
+                os._exit(1)
             return request
         for fd in fds:
             os.close(fd)
@@ -235,18 +240,19 @@ def install_call_forwarding(socket_for):
         except TimeoutError:
             raise subprocess.TimeoutExpired(args, timeout) from None
 
-    def call(args, *, stdin=None, stdout=None, stderr=None, env=None, cwd=None, timeout=None, **others):
-        status = None if others else status_or_none(args, stdin, stdout, stderr, env, cwd, timeout)
+    def call(args, *more, stdin=None, stdout=None, stderr=None, env=None, cwd=None, timeout=None, **others):
+        status = None if more or others else status_or_none(args, stdin, stdout, stderr, env, cwd, timeout)
         if status is None:
-            return fresh["call"](args, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd, timeout=timeout,
-                                 **others)
+            return fresh["call"](args, *more, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
+                                 timeout=timeout, **others)
         return status
 
-    def run(args, *, stdin=None, stdout=None, stderr=None, env=None, cwd=None, timeout=None, check=False, **others):
-        status = None if others else status_or_none(args, stdin, stdout, stderr, env, cwd, timeout)
+    def run(args, *more, stdin=None, stdout=None, stderr=None, env=None, cwd=None, timeout=None, check=False,
+            **others):
+        status = None if more or others else status_or_none(args, stdin, stdout, stderr, env, cwd, timeout)
         if status is None:
-            return fresh["run"](args, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd, timeout=timeout,
-                                check=check, **others)
+            return fresh["run"](args, *more, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
+                                timeout=timeout, check=check, **others)
         if check and status != 0:
             raise subprocess.CalledProcessError(status, args)
         return subprocess.CompletedProcess(args, status)

@@ -79,7 +79,7 @@ def _server(env):
     return _SERVERS[key]
 
 
-def _served():
+def commands_served():
     return os.environ.get("TEST_FRESH_PROCESSES") != "1"
 
 
@@ -94,7 +94,7 @@ def run_command(cmd, *, cwd=None, env=None, input=None, timeout=600):
     cmd = [str(c) for c in cmd]
     env = dict(os.environ if env is None else env)
     request = command_server.command_request(cmd, str(cwd or ROOT), env)
-    if request is None or not _served():
+    if request is None or not commands_served():
         return subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=env,
                               input=input, stdin=None if input is not None else subprocess.DEVNULL)
     socket_path = _server(env).wait_ready()
@@ -130,7 +130,7 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_configure(config):
-    if _served():
+    if commands_served():
         # in-process code that starts fairseq commands (the pretrained model's check) gets them served too
         command_server.install_call_forwarding(lambda env: _server(env).wait_ready())
         if hasattr(config, "workerinput"):  # a pytest-xdist worker
@@ -169,7 +169,7 @@ def _served_venv():
 def served_tools(env):
     """``env`` for a shell command whose fairseq and plugin commands are served: the stand-ins of
     _served_venv first on its PATH, and its server's socket (``env`` itself when not served)."""
-    if not _served():
+    if not commands_served():
         return env
     env = dict(env, PATH=f"{_served_venv() / 'bin'}{os.pathsep}{env.get('PATH', '')}")
     return command_server.served_environment(env, _server(env).wait_ready())
@@ -179,7 +179,7 @@ def run_script(name, *args, env=None, check=True, timeout=600):
     """Run one of scripts/*.sh with bash (one worker, one thread); returns the CompletedProcess. The
     fairseq and plugin commands it runs are served (see run_command) unless ``env`` names a VENV."""
     full_env = dict(os.environ, PYTHONWARNINGS="ignore", WORKERS="1", OMP_NUM_THREADS="1", **(env or {}))
-    if _served() and "VENV" not in (env or {}):
+    if commands_served() and "VENV" not in (env or {}):
         full_env = served_tools(dict(full_env, VENV=str(_served_venv())))
     proc = subprocess.run(["bash", str(ROOT / "scripts" / name), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=ROOT)

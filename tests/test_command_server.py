@@ -1,0 +1,53 @@
+"""The tests' command server (tests/command_server.py): a served command runs as its own program, ends
+with its own status, and hands the fairseq commands it starts to the server (with
+TEST_FRESH_PROCESSES=1 the same commands run fresh, with the same results)."""
+import os
+import signal
+import sys
+
+import pytest
+
+from conftest import commands_served, run_command
+
+PROGRAM = """
+import os, signal, subprocess, sys
+print(__name__, sys.argv[1:], os.getcwd(), os.environ["GREETING"], sys.stdin.read().strip(), sys.path[0])
+sys.stdout.flush()
+if sys.argv[1] == "signal":
+    os.kill(os.getpid(), signal.SIGTERM)
+if sys.argv[1] == "nested":
+    with open("nested.log", "w") as log:
+        status = subprocess.call([sys.executable, "-m", "fairseq_cli.preprocess", "--no-such-flag"], stdout=log,
+                                 stderr=subprocess.STDOUT)
+    print("nested", status, getattr(subprocess.call, "forwarded", False))
+sys.exit(3)
+"""
+
+
+@pytest.fixture
+def program(tmp_path):
+    path = tmp_path / "program.py"
+    path.write_text(PROGRAM)
+    return path
+
+
+def serve(program, tmp_path, *args):
+    return run_command([sys.executable, program, *args], cwd=tmp_path, env=dict(os.environ, GREETING="hello"),
+                       input="from stdin\n")
+
+
+def test_a_served_program_runs_as_its_own_program_and_ends_with_its_status(program, tmp_path):
+    proc = serve(program, tmp_path, "plain", "two words")
+    assert proc.returncode == 3 and proc.stderr == ""
+    assert proc.stdout == f"__main__ ['plain', 'two words'] {tmp_path} hello from stdin {tmp_path}\n"
+
+
+def test_a_signal_that_ends_a_served_program_is_its_status(program, tmp_path):
+    proc = serve(program, tmp_path, "signal")
+    assert proc.returncode == -signal.SIGTERM
+
+
+def test_a_served_program_hands_its_fairseq_commands_to_the_server(program, tmp_path):
+    proc = serve(program, tmp_path, "nested")
+    assert proc.stdout.splitlines()[-1] == f"nested 2 {commands_served()}", proc.stdout + proc.stderr
+    assert "unrecognized arguments: --no-such-flag" in (tmp_path / "nested.log").read_text()
