@@ -28,7 +28,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import traceback
 
 # In a served command's environment: its server's socket, and a digest of the server's environment.
@@ -43,7 +42,7 @@ IMPORT_VARIABLES = re.compile(r"^(PYTHON|OMP_|MKL_|KMP_|OPENBLAS_|TORCH|CUDA|NCC
 def server_environment(env):
     """The part of ``env`` a server's imports depend on: commands that differ only elsewhere (a data
     folder, a save directory) share a server."""
-    return {k: v for k, v in env.items() if IMPORT_VARIABLES.match(k) and k not in IGNORED_VARIABLES}
+    return {k: v for k, v in env.items() if IMPORT_VARIABLES.match(k)}
 
 
 def environment_digest(env):
@@ -172,9 +171,7 @@ def request_command(socket_path, request, fds, timeout):
                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
         answers = conn.makefile("r")
         pid = json.loads(answers.readline())["pid"]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if select.select([conn], [], [], left)[0]:
+        if select.select([conn], [], [], timeout)[0]:
             line = answers.readline()
             if line:
                 return json.loads(line)["status"]

@@ -2,15 +2,12 @@ import atexit
 import copy
 import fcntl
 import functools
-import json
 import os
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -87,8 +84,8 @@ def run_command(cmd, *, cwd=None, env=None, input=None, timeout=600):
     """``subprocess.run(cmd, capture_output=True, text=True, ...)`` for one of fairseq's console
     scripts or ``python -m <module>``: run in a fork of a command server (tests/command_server.py)
     that has imported torch and fairseq once, which spares each command the 4 to 5 s of a fresh
-    interpreter's imports; the fairseq commands that command starts with subprocess.call are served
-    too. One server per environment a test asks for; other commands, and every command when
+    interpreter's imports; the fairseq commands that command starts with subprocess.call or
+    subprocess.run are served too. One server per environment a test asks for; other commands, and every command when
     TEST_FRESH_PROCESSES=1, run as fresh processes. Tests about what a program prints while it
     imports (start-up noise, warnings) start fresh processes themselves."""
     cmd = [str(c) for c in cmd]
