@@ -68,19 +68,22 @@ def training_curve(log_text: str) -> List[dict]:
 def process_seconds(log_text: str) -> float:
     """Wall time of the fairseq-train processes of a log: first to last timestamp of each, summed.
 
-    fairseq's own `wall` reads 0 after a resume, so it cannot be summed across one.
+    A process begins at the study runner's ``# <command>`` line or, in a log without them, at
+    fairseq-train's config dump. fairseq's own `wall` reads 0 after a resume, so it cannot be summed
+    across one.
     """
+    lines = log_text.splitlines()
+    by_header = any(line.startswith("# ") for line in lines)
     spans, start, last = [], None, None
-    for line in log_text.splitlines():
-        stamp = _TIMESTAMP.match(line)
-        if not stamp:
-            continue
-        when = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S")
-        if _TRAIN_START.search(line) or start is None:
+    for line in lines:
+        if line.startswith("# ") if by_header else _TRAIN_START.search(line):
             if start is not None:
                 spans.append((last - start).total_seconds())
-            start = when
-        last = when
+            start = None
+        stamp = _TIMESTAMP.match(line)
+        if stamp:
+            last = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S")
+            start = last if start is None else start
     if start is not None:
         spans.append((last - start).total_seconds())
     return float(sum(spans))

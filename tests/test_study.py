@@ -259,6 +259,17 @@ def test_train_wall_time_sums_the_processes_of_a_resumed_log():
         "# fairseq-train ... (resumed)", f"2026-01-01 11:00:00 {config}",
         "2026-01-01 11:30:00 | INFO | train | epoch 001 | wall 0", "not a log line"])
     assert fairseq_logs.process_seconds(log) == 120 + 1800
+    # a process killed before its first checkpoint, then one that starts with a line before the config dump
+    notice = "| INFO | fairseq.tasks.text_to_speech | Please install tensorboardX"
+    restarted = "\n".join([
+        "# fairseq-train ...", f"2026-01-01 10:00:00 {notice}", f"2026-01-01 10:00:01 {config}",
+        "2026-01-01 10:01:40 | INFO | train_inner | wall=99",
+        "# fairseq-train ...", f"2026-01-01 11:00:00 {notice}", f"2026-01-01 11:00:01 {config}",
+        "2026-01-01 11:20:00 | INFO | train | epoch 001 | wall 1199"])
+    assert fairseq_logs.process_seconds(restarted) == 100 + 1200
+    # a log fairseq-train wrote itself (no runner lines): each config dump starts a process
+    plain = "\n".join(line for line in log.splitlines() if not line.startswith("# "))
+    assert fairseq_logs.process_seconds(plain) == 120 + 1800
     assert fairseq_logs.process_seconds("no timestamps") == 0
 
 
