@@ -407,8 +407,8 @@ def test_the_methods_study_shares_the_600_update_studys_runs():
         assert methods.run(run_id) == main.run(run_id), run_id
     assert "small+emb-nomask-s1" in shared
     new = {r.id for r in methods.runs} - shared
-    assert new == {"coats-3-s1", "iterand-s1", "gains-s1", "qk-scale-s1", "layernorm-affine-s1",
-                   "random-layers+emb-nomask-s1"}
+    assert new == {"coats-3-s1", "iterand-s1", "iterand-s2", "gains-s1", "gains-s2", "qk-scale-s1",
+                   "layernorm-affine-s1", "random-layers+emb-nomask-s1"}
     for run_id in new:  # each method is a switch on paper-init; the control one on small+emb-nomask
         base = main.run("small+emb-nomask-s1" if run_id.startswith("random-layers") else "paper-init-s1")
         flags = methods.run(run_id).flags
