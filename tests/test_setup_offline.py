@@ -213,6 +213,13 @@ def test_offline_install_from_a_wheelhouse_into_a_fresh_venv(stand_ins, index_se
     assert again.returncode == 0 and "is up to date" in again.stdout and seconds < 30
     assert requests == []
 
+    # a creation cut short (no bin/activate, which the README sources) is completed, not taken as done
+    (venv / "bin" / "activate").unlink()
+    whole, _ = run_setup(checkout, venv, index_url, WHEELHOUSE=str(wheelhouse))
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    assert f"setup: creating {venv}" in whole.stdout and (venv / "bin" / "activate").is_file()
+    assert installed(venv)["torch"][0] == version_for(torch_spec) and requests == []
+
 
 def test_system_torch_is_kept_and_the_rest_installs_offline(stand_ins, index_server):
     tmp, wheelhouse, checkout, (torch_spec, specs, fairseq_spec) = stand_ins
