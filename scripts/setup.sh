@@ -20,12 +20,13 @@ venv="${VENV:-$root/.venv}"
 python="${PYTHON:-python3}"
 stamp="$venv/.one_layer_lottery-setup"
 die() { echo "setup: $*" >&2; exit 2; }
+# A venv is whole once python -m venv has finished: a creation cut short leaves no bin/activate.
+venv_whole() { [[ -x "$venv/bin/python" && -f "$venv/bin/activate" ]]; }
 
 want="$(printf '%s\n' "$torch_spec" "${base_reqs[@]}" "$fairseq_spec" "${reqs[@]}" | sha256sum | cut -c1-16)"
-# Up to date: the stamp matches, the venv is whole (a creation cut short leaves no bin/activate),
-# fairseq is installed and one_layer_lottery is this checkout's (found without importing them,
-# which would take seconds).
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -f "$venv/bin/activate" ]] && "$venv/bin/python" -c '
+# Up to date: the stamp matches, the venv is whole, fairseq is installed and one_layer_lottery is
+# this checkout's (found without importing them, which would take seconds).
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && venv_whole && "$venv/bin/python" -c '
 import importlib.util as util, os, sys
 ours = util.find_spec("one_layer_lottery")
 sys.exit(not (util.find_spec("fairseq") and ours and ours.origin
@@ -70,7 +71,7 @@ step() {
   fi
 }
 
-if [[ ! -x "$venv/bin/python" || ! -f "$venv/bin/activate" ]]; then
+if ! venv_whole; then
   if [[ "$use_system_torch" == 1 ]]; then
     [[ -n "$(torch_status "$python")" ]] \
       || die "USE_SYSTEM_TORCH=1: $python cannot import torch (load the module that provides it, or set PYTHON)"
