@@ -177,16 +177,19 @@ def test_eval_cache_follows_the_shared_weight_and_replaced_tensors():
     assert torch.equal(layer.weight, select_mask(shared.scores.detach(), "super_mask", 0.5).double())
 
 
-@pytest.mark.parametrize("kind", ["normal", "few_values", "bf16", "sorted"])
+@pytest.mark.parametrize("kind", ["normal", "few_values", "ones_and_zeros", "bf16", "sorted"])
 def test_narrowed_kth_smallest_is_exact(kind):
     from one_layer_lottery.masking.selection import kth_smallest
 
     g = torch.Generator().manual_seed(11)
     n = 200_003
     x = {"normal": torch.randn(n, generator=g), "few_values": torch.randint(0, 4, (n,), generator=g).float(),
+         "ones_and_zeros": torch.randint(0, 2, (n,), generator=g).float(),
          "bf16": torch.randn(n, generator=g).bfloat16(), "sorted": torch.arange(n).float()}[kind].abs()
     for j in (1, 2, n // 10, n // 2, n - 5, n):
         assert torch.equal(kth_smallest(x, j), x.kthvalue(j).values)
+    for k in (1, n // 3, n // 2, n - 1):  # the count above the threshold decides the ties: exactly k kept
+        assert torch.equal(topk_mask(x, k), naive_edge_popup_mask(x, 1 - k / n).bool())
 
 
 def test_kth_smallest_stays_exact_when_the_sample_misleads():

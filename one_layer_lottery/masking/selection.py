@@ -124,8 +124,8 @@ def _kth_smallest_and_count_above(values: torch.Tensor, j: int):
 
     A strided sample brackets the answer between two sample quantiles (4 standard errors
     around rank j); one pass counts what lies at or above the bracket's low end, one more
-    gathers what lies inside, and ``kthvalue`` runs on that band only. The count above comes
-    from the band too. When the band misses (it cannot be wrong, only unlucky: about once in
+    gathers what lies inside, and ``kthvalue`` runs on that band only (unless counting the ties
+    at its ends answers). The count above comes from the band too. When the band misses (it cannot be wrong, only unlucky: about once in
     10^4 calls), ``kthvalue`` over everything answers.
     """
     n = values.numel()
@@ -142,12 +142,22 @@ def _kth_smallest_and_count_above(values: torch.Tensor, j: int):
         band = values[at_least_lo.logical_and_(values <= hi)]
         r = j - n_below
         if 1 <= r <= band.numel():
-            kth = band.kthvalue(r).values
+            kth = _kth_in_band(band, r, lo, hi)
             # Entries above the band are above kth; so are the band's entries above it.
             above = n - n_below - band.numel() + int(torch.count_nonzero(band > kth))
             return kth, above
     kth = values.kthvalue(j).values
     return kth, int(torch.count_nonzero(values > kth))
+
+
+def _kth_in_band(band: torch.Tensor, r: int, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    # With few distinct values (a decoding checkpoint's 1/0 scores) the band is mostly ties at its
+    # ends, and counting them answers without a selection over the whole band.
+    if r <= int(torch.count_nonzero(band == lo)):
+        return lo
+    if r > band.numel() - int(torch.count_nonzero(band == hi)):
+        return hi
+    return band.kthvalue(r).values
 
 
 def select_mask(
