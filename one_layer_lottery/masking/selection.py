@@ -125,8 +125,8 @@ def _kth_smallest_and_count_above(values: torch.Tensor, j: int):
     A strided sample brackets the answer between two sample quantiles (4 standard errors
     around rank j); one pass counts what lies at or above the bracket's low end, one more
     gathers what lies inside, and ``kthvalue`` runs on that band only (unless counting the ties
-    at its ends answers). The count above comes from the band too. When the band misses (it cannot be wrong, only unlucky: about once in
-    10^4 calls), ``kthvalue`` over everything answers.
+    at its ends answers). The count above comes from the band too. When the band misses (it
+    cannot be wrong, only unlucky: about once in 10^4 calls), ``kthvalue`` over everything answers.
     """
     n = values.numel()
     if n >= _NARROW_MIN:
