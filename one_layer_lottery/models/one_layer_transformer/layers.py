@@ -148,7 +148,9 @@ class NonAffineLayerNorm(nn.LayerNorm):
         self.register_buffer("ones", torch.ones(self.normalized_shape), persistent=False)
 
     def forward(self, x):
-        ones = self.ones if self.ones.dtype == x.dtype else self.ones.to(x.dtype)
+        ones = self.ones
+        if ones.dtype != x.dtype:
+            ones = ones.to(x.dtype)
         return F.layer_norm(x, self.normalized_shape, ones, None, self.eps)
 
 
