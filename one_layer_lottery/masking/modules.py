@@ -132,7 +132,7 @@ class _EvalCache:
     """
 
     __slots__ = ("weight_params", "weight", "weight_key", "score_params", "scores", "score_key", "gain_params",
-                 "gains", "gains_key", "masked", "device_type", "autocast_copies")
+                 "gains", "gains_key", "masked", "autocast_copies")
 
     def __init__(self, weight_owner: nn.Module, score_owner: nn.Module, masked: torch.Tensor, layer: nn.Module):
         self.weight_params, self.score_params = weight_owner._parameters, score_owner._parameters
@@ -142,7 +142,6 @@ class _EvalCache:
         self.gains = self.gain_params.get("gains")
         self.gains_key = None if self.gains is None else _key(self.gains)
         self.masked = masked
-        self.device_type = masked.device.type
         self.autocast_copies = {}
 
     def cast_for_autocast(self) -> torch.Tensor:
@@ -151,8 +150,8 @@ class _EvalCache:
         Autocast casts a parameter once per autocast region, but a tensor that is not a parameter
         (this masked weight) at every operation: while decoding, one extra kernel per matrix and step.
         """
-        device = self.device_type
-        if not torch.is_autocast_enabled(device) or self.masked.dtype != torch.float32:
+        device = self.masked.device.type
+        if self.masked.dtype != torch.float32 or not torch.is_autocast_enabled(device):
             return self.masked
         dtype = torch.get_autocast_dtype(device)
         copy = self.autocast_copies.get(dtype)
@@ -161,14 +160,10 @@ class _EvalCache:
         return copy
 
     def is_current(self) -> bool:
-        # Read on every matrix multiply while decoding: the comparisons are spelled out, not _key's tuples.
-        weight, scores, gains = self.weight, self.scores, self.gains
-        weight_key, score_key = self.weight_key, self.score_key
-        return (self.weight_params.get("weight") is weight and self.score_params.get("scores") is scores
-                and weight._version == weight_key[0] and scores._version == score_key[0]
-                and weight.data_ptr() == weight_key[1] and scores.data_ptr() == score_key[1]
-                and weight.dtype == weight_key[2] and scores.dtype == score_key[2]
-                and (gains is None or (self.gain_params.get("gains") is gains and _key(gains) == self.gains_key)))
+        return (self.weight_params.get("weight") is self.weight and self.score_params.get("scores") is self.scores
+                and _key(self.weight) == self.weight_key and _key(self.scores) == self.score_key
+                and (self.gains is None or (self.gain_params.get("gains") is self.gains
+                                            and _key(self.gains) == self.gains_key)))
 
 
 def _key(t):
@@ -287,9 +282,6 @@ class MaskedWeight(nn.Module):
     def matmul_weight(self) -> torch.Tensor:
         """``weight`` as an input of a matrix multiply: the same, except while decoding under
         autocast, where it is the cached masked weight already cast to autocast's type."""
-        cache = self._eval_cache
-        if cache is not None and self._pinned is None and not self.training and cache.is_current():
-            return cache.cast_for_autocast()  # decoding: the shortest path
         weight = MaskedWeight.weight.fget(self)
         cache = self._eval_cache
         return cache.cast_for_autocast() if cache is not None and weight is cache.masked else weight
