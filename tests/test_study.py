@@ -218,6 +218,52 @@ def test_a_probe_records_its_validation_and_never_decodes_the_test_set(probe_wit
         results.read(str(copy / "results" / "small-lr1e-3-s1.json"))
 
 
+def _chosen(folder, copy, lr=0.001, work=True):
+    """``folder``'s study copied to ``copy`` with its probe made a tested experiment at ``lr``."""
+    shutil.copytree(folder / "results", copy / "results", dirs_exist_ok=True)
+    if work:
+        shutil.copytree(folder / "work", copy / "work")
+    doc = yaml.safe_load((folder / "study.yaml").read_text())
+    probe = next(e for e in doc["experiments"] if e["name"] == "small-lr1e-3")
+    probe.update(probe=False, about="chosen on validation", flags=dict(probe["flags"], lr=lr))
+    (copy / "study.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return copy / "study.yaml"
+
+
+def test_a_probe_made_tested_scores_its_own_training_once(probe_without_checkpoints, tmp_path_factory, capsys):
+    folder, _ = probe_without_checkpoints
+    probed = results.read(str(folder / "results" / "small-lr1e-3-s1.json"))
+    chosen = tmp_path_factory.mktemp("chosen")  # as deep as folder: the recorded relative paths stay the same
+    path = _chosen(folder, chosen)
+    log = chosen / "work" / "small-lr1e-3-s1" / "train.log"
+    before = log.read_text()
+    proc = study_main(capsys, "run", path, "small-lr1e-3")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "small-lr1e-3-s1: a probe, now tested: scoring its test set once" in proc.stdout
+    assert "small-lr1e-3-s1: training" not in proc.stdout and log.read_text() == before  # not trained again
+    result = results.read(str(chosen / "results" / "small-lr1e-3-s1.json"))
+    assert result["probe"] is False and result["test"]["sentences"] == SENTENCES
+    assert result["test"]["checkpoint_update"] == results.best_validation(probed)[1]
+    assert result["compact_bytes"] > 0 and result["about"] == "chosen on validation"
+    for key in ("valid", "train", "train_curve", "embeddings", "command", "commit", "flags"):
+        assert result[key] == probed[key], key
+    assert result["wall_s"] > probed["wall_s"]  # its training's time, and the scoring's
+    again = study_main(capsys, "run", path, "small-lr1e-3")
+    assert again.returncode == 0 and "small-lr1e-3-s1: done" in again.stdout
+
+
+@pytest.mark.parametrize("lr, work, says", [(0.002, True, "is a probe's result with other flags, seed or embeddings"),
+                                            (0.001, False, "is a probe's result, but its training is no longer in")])
+def test_a_probe_made_tested_needs_its_own_training(probe_without_checkpoints, tmp_path, capsys, lr, work, says):
+    folder, _ = probe_without_checkpoints
+    path = _chosen(folder, tmp_path / "chosen", lr, work)
+    kept = (tmp_path / "chosen" / "results" / "small-lr1e-3-s1.json").read_text()
+    proc = study_main(capsys, "run", path, "small-lr1e-3")
+    assert proc.returncode == 1 and f"small-lr1e-3-s1: error: small-lr1e-3-s1: " in proc.stdout
+    assert says in proc.stdout and "move" in proc.stdout
+    assert (tmp_path / "chosen" / "results" / "small-lr1e-3-s1.json").read_text() == kept
+
+
 def test_second_run_skips_finished(finished):
     folder, path, _ = finished
     before = {p: p.stat().st_mtime_ns for p in (folder / "results").iterdir()}

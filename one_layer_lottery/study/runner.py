@@ -142,12 +142,17 @@ def _best_update(log_text: str, valid: List[dict]) -> int:
 
 
 def run_one(study: Study, run: Run, ensure: Callable[[Run], None], python: str = sys.executable,
-            say: Callable[[str], None] = print) -> dict:
+            say: Callable[[str], None] = print, probed: Optional[dict] = None) -> dict:
+    """Train ``run`` (unless its folder says it was trained), score it, write its result file.
+    ``probed``: the result of this run as a probe, now to be tested: its training is kept, so the
+    new file records that training's code version and adds the scoring to its wall time."""
     run_dir = study.run_dir(run)
     checkpoints = os.path.join(run_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
     train_log, trained = os.path.join(run_dir, "train.log"), os.path.join(run_dir, "train.done")
     started, version = time.time(), code_version()
+    if probed is not None:
+        started, version = started - probed["wall_s"], probed["commit"]
     extra, origin = _embedding_flags(study, run, run_dir, ensure) if run.embeddings_from else ([], None)
     train_argv = [python, "-m", "fairseq_cli.train", study.data, "--user-dir", PACKAGE_DIR,
                   *cli_flags(run.flags), *extra, "--seed", str(run.seed), "--save-dir", checkpoints]
@@ -208,10 +213,38 @@ def commit_result(paths: List[str], run_id: str, bleu: Optional[float]) -> str:
     return "" if done else f"could not commit {' '.join(paths)} (written; commit by hand)"
 
 
+def _check_chosen_probe(study: Study, run: Run, probed: dict, path: str) -> None:
+    """A probe's result becomes a tested run's only for the same training, still on disk: the test
+    set then scores the very checkpoint that validation chose the setting with."""
+    taken = (probed["embeddings"] or {}).get("run")
+    if probed["flags"] != run.flags or probed["seed"] != run.seed or taken != run.embeddings_from:
+        raise RunError(f"{run.id}: {path} is a probe's result with other flags, seed or embeddings than this "
+                       "tested run's; move it aside to train the tested run")
+    checkpoint = _best_checkpoint(study, run)
+    if not os.path.isfile(os.path.join(study.run_dir(run), "train.done")) or not os.path.isfile(checkpoint):
+        raise RunError(f"{run.id}: {path} is a probe's result, but its training is no longer in "
+                       f"{study.run_dir(run)} to score: move the result aside to train and score the run again")
+
+
+def _done(run: Run, result: dict) -> bool:
+    """Whether ``result`` finishes ``run``: a probe's result finishes a probe only."""
+    return run.probe or not result["probe"]
+
+
+def _finished(study: Study, run: Run) -> bool:
+    path = study.result_path(run)
+    if not os.path.exists(path):
+        return False
+    try:
+        return _done(run, results.read(path))
+    except results.ResultError:
+        return True  # reported by name when its turn comes
+
+
 def check_inputs(study: Study, runs: List[Run]) -> None:
     """Raise StudyError, in one line, when runs still to do would not find the study's data or test
     references: before the first run starts, not in each run's log after its training."""
-    if all(os.path.exists(study.result_path(run)) for run in runs):
+    if all(_finished(study, run) for run in runs):
         return
     if not os.path.isdir(study.data):
         raise StudyError(f"{study.path}: data: {study.data} is not a directory (expected the fairseq-preprocess "
@@ -240,11 +273,14 @@ def run_study(study: Study, runs: List[Run], commit: bool = False, say: Callable
         if run.id in done:
             return
         path = study.result_path(run)
-        if os.path.exists(path):
-            results.read(path)  # a corrupt or partial file is reported, never overwritten
+        earlier = results.read(path) if os.path.exists(path) else None  # a corrupt file is reported, not overwritten
+        if earlier is not None and _done(run, earlier):
             say(f"study: {run.id}: done ({path})")
         else:
-            result = run_one(study, run, ensure, say=say)
+            if earlier is not None:
+                _check_chosen_probe(study, run, earlier, path)
+                say(f"study: {run.id}: a probe, now tested: scoring its test set once")
+            result = run_one(study, run, ensure, say=say, probed=earlier)
             if run.probe:
                 bleu, update = results.best_validation(result)
                 say(f"study: {run.id}: probe: best validation BLEU {bleu} at update {update}, test set not "

@@ -5,7 +5,8 @@ switch, ``false`` or ``null`` removes a flag set by a layer below, anything else
 Layers, later ones winning: ``train`` (every experiment), the experiment's ``model`` (an entry of
 ``models``), then the experiment's own ``flags``. Each seed of an experiment is one run, named
 ``<name>-s<seed>``. An experiment with ``probe: true`` is a probe: its runs train and record their
-validation scores but never decode the test set, for choosing a setting on validation only.
+validation scores but never decode the test set, for choosing a setting on validation only; made a
+tested experiment later, its runs score the test set from the probe's training (runner).
 """
 import os
 import re
