@@ -259,7 +259,7 @@ def test_a_probe_made_tested_needs_its_own_training(probe_without_checkpoints, t
     path = _chosen(folder, tmp_path / "chosen", lr, work)
     kept = (tmp_path / "chosen" / "results" / "small-lr1e-3-s1.json").read_text()
     proc = study_main(capsys, "run", path, "small-lr1e-3")
-    assert proc.returncode == 1 and f"small-lr1e-3-s1: error: small-lr1e-3-s1: " in proc.stdout
+    assert proc.returncode == 1 and "small-lr1e-3-s1: error: small-lr1e-3-s1: " in proc.stdout
     assert says in proc.stdout and "move" in proc.stdout
     assert (tmp_path / "chosen" / "results" / "small-lr1e-3-s1.json").read_text() == kept
 

@@ -150,9 +150,8 @@ def run_one(study: Study, run: Run, ensure: Callable[[Run], None], python: str =
     checkpoints = os.path.join(run_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
     train_log, trained = os.path.join(run_dir, "train.log"), os.path.join(run_dir, "train.done")
-    started, version = time.time(), code_version()
-    if probed is not None:
-        started, version = started - probed["wall_s"], probed["commit"]
+    started = time.time() - (probed["wall_s"] if probed else 0)
+    version = probed["commit"] if probed else code_version()
     extra, origin = _embedding_flags(study, run, run_dir, ensure) if run.embeddings_from else ([], None)
     train_argv = [python, "-m", "fairseq_cli.train", study.data, "--user-dir", PACKAGE_DIR,
                   *cli_flags(run.flags), *extra, "--seed", str(run.seed), "--save-dir", checkpoints]
