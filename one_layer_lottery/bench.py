@@ -38,12 +38,11 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SRC_VOCAB, TGT_VOCAB = 8848, 6632  # IWSLT14 de-en dictionaries (fairseq recipe)
 
 
-def _dictionary_dir():
-    d = tempfile.mkdtemp(prefix="olt-bench-")
+def write_dictionaries(d):
+    """Dictionaries of the IWSLT14 sizes in folder ``d``: all that building the models needs."""
     for lang, size in (("de", SRC_VOCAB), ("en", TGT_VOCAB)):
         with open(os.path.join(d, f"dict.{lang}.txt"), "w") as f:
             f.writelines(f"w{i} {size - i}\n" for i in range(size - 4))
-    return d
 
 
 def arch_shape(arch, embed_dim=None):
@@ -255,11 +254,12 @@ def run(args, runtime=None):
     device = runtime.device
     dtype = DTYPES[args.dtype]
     torch.manual_seed(0)
-    data_dir = _dictionary_dir()
     embed_dim = getattr(args, "embed_dim", None)
     model_flags = shlex.split(getattr(args, "model_flags", None) or "")
-    masked, task = build("masked", args.arch, data_dir, embed_dim, model_flags)
-    dense, _ = build("dense", args.arch, data_dir, embed_dim)
+    with tempfile.TemporaryDirectory(prefix="olt-bench-") as data_dir:  # the task reads them once, at set-up
+        write_dictionaries(data_dir)
+        masked, task = build("masked", args.arch, data_dir, embed_dim, model_flags)
+        dense, _ = build("dense", args.arch, data_dir, embed_dim)
     results = {"arch": args.arch, "model_flags": model_flags, "shape": arch_shape(args.arch, embed_dim),
                "device": args.device,
                "dtype": args.dtype, "max_tokens": args.max_tokens, "threads": torch.get_num_threads()}

@@ -15,11 +15,14 @@ TINY = ["--dims", "16", "32", "--max-tokens", "128", "--steps", "2", "--warmup",
 
 
 def test_benchmark_reports_every_ratio_with_its_spread_at_each_shape(tmp_path):
-    out = tmp_path / "bench.json"
+    out, scratch = tmp_path / "bench.json", tmp_path / "tmp"
+    scratch.mkdir()
     proc = subprocess.run([sys.executable, "-m", "one_layer_lottery.bench", *TINY, "--json", str(out)],
                           capture_output=True, text=True, timeout=900,
-                          env={k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"})
+                          env={**{k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"},
+                               "TMPDIR": str(scratch)})
     assert proc.returncode == 0, proc.stderr
+    assert list(scratch.iterdir()) == []  # the dictionaries it built the models from are gone
     assert proc.stderr == ""  # no Hydra deprecation warnings, DEBUG/INFO lines or profiler start/stop lines
     lines = proc.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["arch=one_layer_transformer_iwslt_de_en", "train", "mask",
@@ -46,7 +49,7 @@ def test_benchmark_runs_in_bf16_without_memory():
     assert "peak_memory_ratio" not in r
 
 
-def test_model_flags_reach_the_masked_model_only():
+def test_model_flags_reach_the_masked_model_only(tmp_path):
     """--model-flags measures a method beyond the paper: its masked model has them, dense does not."""
     args = bench.argparse.Namespace(arch="one_layer_transformer_iwslt_de_en", embed_dim=16, device="cpu",
                                     dtype="fp32", max_tokens=64, steps=1, warmup=0, mask_reps=1, gen_reps=1,
@@ -54,8 +57,9 @@ def test_model_flags_reach_the_masked_model_only():
     r = bench.run(args)
     assert r["model_flags"] == ["--mask-coats", "3"] and r["train_step_ratio"] > 0
     assert bench.report(r)[0].startswith("arch=one_layer_transformer_iwslt_de_en flags='--mask-coats 3' shape=16/")
-    masked, _ = bench.build("masked", args.arch, bench._dictionary_dir(), 16, ["--mask-coats", "3"])
-    dense, _ = bench.build("dense", args.arch, bench._dictionary_dir(), 16, ["--mask-coats", "3"])
+    bench.write_dictionaries(tmp_path)
+    masked, _ = bench.build("masked", args.arch, str(tmp_path), 16, ["--mask-coats", "3"])
+    dense, _ = bench.build("dense", args.arch, str(tmp_path), 16, ["--mask-coats", "3"])
     assert masked.cfg.mask_coats == 3 and not hasattr(dense.cfg, "mask_coats")
 
 
