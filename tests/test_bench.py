@@ -20,7 +20,8 @@ def test_benchmark_reports_every_ratio_with_its_spread_at_each_shape(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "one_layer_lottery.bench", *TINY, "--json", str(out)],
                           capture_output=True, text=True, timeout=900,
                           env={**{k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"},
-                               "TMPDIR": str(scratch)})
+                               # torch's compiler keeps its own cache, in TMPDIR unless told
+                               "TMPDIR": str(scratch), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "torch-cache")})
     assert proc.returncode == 0, proc.stderr
     assert list(scratch.iterdir()) == []  # the dictionaries it built the models from are gone
     assert proc.stderr == ""  # no Hydra deprecation warnings, DEBUG/INFO lines or profiler start/stop lines

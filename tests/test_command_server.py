@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+import command_server
 from conftest import commands_served, run_command
 
 PROGRAM = """
@@ -51,3 +52,17 @@ def test_a_served_program_hands_its_fairseq_commands_to_the_server(program, tmp_
     proc = serve(program, tmp_path, "nested")
     assert proc.stdout.splitlines()[-1] == f"nested 2 {commands_served()}", proc.stdout + proc.stderr
     assert "unrecognized arguments: --no-such-flag" in (tmp_path / "nested.log").read_text()
+
+
+def test_what_importing_fairseq_writes_into_the_environment_leaves_the_server_choice_alone():
+    """Importing fairseq (scikit-learn, which it imports) writes KMP_ variables into this process's
+    environment: the commands a test starts before and after that go to one server, while a
+    variable the imports read still picks another."""
+    import fairseq  # noqa: F401
+
+    env = dict(os.environ)
+    before = {k: v for k, v in env.items() if k not in command_server.SET_BY_IMPORTS}
+    assert "KMP_DUPLICATE_LIB_OK" in env and "KMP_DUPLICATE_LIB_OK" not in before
+    assert command_server.environment_digest(env) == command_server.environment_digest(before)
+    assert command_server.environment_digest(dict(before, OMP_NUM_THREADS="7")) \
+        != command_server.environment_digest(before)

@@ -1,13 +1,12 @@
 """Export to a plain fairseq Transformer that stock fairseq loads without --user-dir."""
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 from fairseq.models.transformer import TransformerModel
 
-from conftest import GENERATE, ROOT, USER_DIR, hypotheses, run_cli
+from conftest import GENERATE, ROOT, USER_DIR, hypotheses, run_cli, run_command
 from one_layer_lottery import export
 from one_layer_lottery.masking import MaskedWeight
 from test_compact import build_case, first_batch, like_trained
@@ -114,12 +113,12 @@ def test_failed_export_leaves_existing_output(trained_sample, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_the_tools_print_their_results_and_nothing_else(trained_sample, tmp_path):
-    """Run as users run them, warnings not silenced: the results on stdout, an empty stderr."""
+    """Run as users run them, warnings not silenced: the results on stdout, an empty stderr (the
+    start-up's silence is test_fairseq_patches's)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
 
     def tool(*args):
-        proc = subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                              env=env, timeout=300)
+        proc = run_command([sys.executable, "-m", *map(str, args)], cwd=ROOT, env=env, timeout=300)
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]
         return proc.stdout.splitlines()
 
