@@ -190,12 +190,18 @@ def installed(venv, env=None):
     return json.loads(out)
 
 
-def test_offline_install_from_a_wheelhouse_into_a_fresh_venv(stand_ins, index_server):
+def test_offline_install_from_a_wheelhouse_completes_a_venv_cut_short(stand_ins, index_server):
+    """A venv whose creation was cut short (its python there, no pip, no bin/activate, which the README
+    sources) is created again and completed, not taken as done; then everything installs from the
+    wheelhouse alone. (A venv created from nothing: test_system_torch_is_kept_...)"""
     tmp, wheelhouse, checkout, (torch_spec, specs, fairseq_spec) = stand_ins
     index_url, requests = index_server
-    venv = tmp / "fresh"
+    venv = tmp / "cut-short"
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (venv / "bin" / "activate").unlink()
     proc, _ = run_setup(checkout, venv, index_url, WHEELHOUSE=str(wheelhouse))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"setup: creating {venv}" in proc.stdout and (venv / "bin" / "activate").is_file()
     assert requests == []  # not one request to the (unreachable in real life) index
     seen = installed(venv)
     site = str(venv)
@@ -213,13 +219,6 @@ def test_offline_install_from_a_wheelhouse_into_a_fresh_venv(stand_ins, index_se
     assert again.returncode == 0 and "is up to date" in again.stdout and seconds < 30
     assert requests == []
 
-    # a creation cut short (no bin/activate, which the README sources) is completed, not taken as done
-    (venv / "bin" / "activate").unlink()
-    whole, _ = run_setup(checkout, venv, index_url, WHEELHOUSE=str(wheelhouse))
-    assert whole.returncode == 0, whole.stdout + whole.stderr
-    assert f"setup: creating {venv}" in whole.stdout and (venv / "bin" / "activate").is_file()
-    assert installed(venv)["torch"][0] == version_for(torch_spec) and requests == []
-
 
 def test_system_torch_is_kept_and_the_rest_installs_offline(stand_ins, index_server):
     tmp, wheelhouse, checkout, (torch_spec, specs, fairseq_spec) = stand_ins
@@ -232,6 +231,7 @@ def test_system_torch_is_kept_and_the_rest_installs_offline(stand_ins, index_ser
     env = {"PYTHONPATH": str(system_site)}
     proc, _ = run_setup(checkout, venv, index_url, WHEELHOUSE=str(wheelhouse), USE_SYSTEM_TORCH="1", **env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"setup: creating {venv} (with the system's site-packages)" in proc.stdout  # from nothing
     assert "keeping torch 2.7.0+cu126" in proc.stdout
     assert requests == []
     assert "include-system-site-packages = true" in (venv / "pyvenv.cfg").read_text()
