@@ -5,7 +5,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import BIN, ROOT, SMALL, USER_DIR, build
+from conftest import BIN, ROOT, SMALL, USER_DIR, build, run_command
 from one_layer_lottery.masking import RandomWeight, ScoreInit, WeightInit
 
 FLAGS = (*SMALL, "--share-decoder-input-output-embed", "--seed", 11)
@@ -70,15 +70,17 @@ def test_training_twice_with_the_same_seed_gives_identical_scores(sample_bin, tm
     flags = ["--user-dir", USER_DIR, "--arch", "one_layer_transformer_iwslt_de_en", *FLAGS, "--cpu",
              "--optimizer", "adam", "--lr", 5e-3, "--max-tokens", 1000, "--max-update", 4, "--disable-validation",
              "--no-epoch-checkpoints", "--num-workers", 0]
-    # The two runs go side by side (each single-threaded), which also checks that they do not
-    # share anything.
+    # The two runs go side by side (each single-threaded), one in a fresh interpreter, the other
+    # (when the tests' commands are served) in a fork of a process that imported fairseq long
+    # before: they share nothing, not even how their processes began.
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([str(BIN / "fairseq-train"), str(sample_bin), *map(str, flags), "--save-dir",
-                               str(tmp_path / run)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for run in ("a", "b")]
-    for proc in procs:
-        err = proc.communicate(timeout=600)[1]
-        assert proc.returncode == 0, err[-5000:]
+    cmd = [str(BIN / "fairseq-train"), str(sample_bin), *map(str, flags), "--save-dir"]
+    fresh = subprocess.Popen([*cmd, str(tmp_path / "a")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    other = run_command([*cmd, str(tmp_path / "b")], cwd=ROOT, env=env, timeout=600)
+    err = fresh.communicate(timeout=600)[1]
+    assert fresh.returncode == 0, err[-5000:]
+    assert other.returncode == 0, other.stderr[-5000:]
     a, b = (torch.load(tmp_path / run / "checkpoint_last.pt", map_location="cpu") for run in ("a", "b"))
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
