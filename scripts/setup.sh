@@ -57,6 +57,15 @@ print(v, "ok" if (major, minor) >= need else "old")
 PY
 }
 
+# A system torch is checked before a venv is made around it: a refusal leaves nothing behind.
+if [[ "$use_system_torch" == 1 ]] && ! venv_whole; then
+  read -r system_torch system_verdict <<< "$(torch_status "$python")" || true
+  [[ -n "${system_torch:-}" ]] \
+    || die "USE_SYSTEM_TORCH=1: $python cannot import torch (load the module that provides it, or set PYTHON)"
+  [[ "$system_verdict" == ok ]] \
+    || die "USE_SYSTEM_TORCH=1: $python imports $system_torch; this project needs torch >= $min_torch"
+fi
+
 mkdir -p "$venv"
 log_file="$venv/setup.log"
 : > "$log_file"
@@ -73,8 +82,6 @@ step() {
 
 if ! venv_whole; then
   if [[ "$use_system_torch" == 1 ]]; then
-    [[ -n "$(torch_status "$python")" ]] \
-      || die "USE_SYSTEM_TORCH=1: $python cannot import torch (load the module that provides it, or set PYTHON)"
     step "creating $venv (with the system's site-packages)" "$python" -m venv --system-site-packages "$venv"
   else
     step "creating $venv" "$python" -m venv "$venv"

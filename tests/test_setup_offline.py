@@ -254,8 +254,9 @@ def test_an_unusable_system_torch_is_refused_by_name(stand_ins, index_server, tm
     proc, _ = run_setup(checkout, tmp_path / "venv", index_url, WHEELHOUSE=str(wheelhouse), USE_SYSTEM_TORCH="1",
                         PYTHONPATH=str(old))
     assert proc.returncode == 2 and "imports 2.4.1; this project needs torch >= 2.6" in proc.stderr
+    assert not (tmp_path / "venv").exists()  # refused before a venv was made around it
     proc, _ = run_setup(checkout, tmp_path / "venv2", index_url, WHEELHOUSE=str(wheelhouse), USE_SYSTEM_TORCH="1")
-    assert proc.returncode == 2 and "cannot import torch" in proc.stderr
+    assert proc.returncode == 2 and "cannot import torch" in proc.stderr and not (tmp_path / "venv2").exists()
     proc, _ = run_setup(checkout, tmp_path / "venv3", index_url, WHEELHOUSE=str(tmp_path / "missing"))
     assert proc.returncode == 2 and "missing is not a directory" in proc.stderr
     assert requests == []
