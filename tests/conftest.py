@@ -111,7 +111,8 @@ def run_command(cmd, *, cwd=None, env=None, input=None, timeout=600):
         return subprocess.CompletedProcess(cmd, status, out.read(), err.read())
 
 
-def _cli_env():
+def cli_env():
+    """The environment of the commands the tests start: as this process's, warnings silenced."""
     return dict(os.environ, PYTHONWARNINGS="ignore")
 
 
@@ -131,13 +132,13 @@ def pytest_configure(config):
         # in-process code that starts fairseq commands (the pretrained model's check) gets them served too
         command_server.install_call_forwarding(lambda env: _server(env).wait_ready())
         if hasattr(config, "workerinput"):  # a pytest-xdist worker
-            _server(_cli_env())  # run_cli's server imports while this worker collects the tests
+            _server(cli_env())  # run_cli's server imports while this worker collects the tests
 
 
 def run_cli(name, *args, cwd=None, check=True, timeout=600):
     """Run one of fairseq's console scripts from this environment; returns the CompletedProcess."""
     cmd = [str(BIN / name), *map(str, args)]
-    env = _cli_env()
+    env = cli_env()
     proc = run_command(cmd, cwd=cwd or ROOT, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import command_server
-from conftest import commands_served, run_command
+from conftest import cli_env, commands_served, run_command
 
 PROGRAM = """
 import os, signal, subprocess, sys
@@ -33,7 +33,7 @@ def program(tmp_path):
 
 
 def serve(program, tmp_path, *args):
-    return run_command([sys.executable, program, *args], cwd=tmp_path, env=dict(os.environ, GREETING="hello"),
+    return run_command([sys.executable, program, *args], cwd=tmp_path, env=dict(cli_env(), GREETING="hello"),
                        input="from stdin\n")
 
 

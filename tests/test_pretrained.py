@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT, SHARED, run_command, train_in_process
+from conftest import ROOT, SHARED, cli_env, run_command, train_in_process
 
 SHIPPED = ROOT / "data" / "pretrained"
 SOURCE_LINES = 600  # of the sample corpus's training text: enough for every word, quick to prepare
@@ -198,7 +198,7 @@ def test_an_empty_and_a_very_long_sentence_are_translated(sample_hub, caplog):
 
 def _translate(*args, stdin=""):
     return run_command([sys.executable, "-m", "one_layer_lottery.translate", *map(str, args)], input=stdin,
-                       cwd=ROOT, timeout=600)
+                       cwd=ROOT, env=cli_env(), timeout=600)
 
 
 def _in_process(hub, lines, batch_size):
