@@ -2,28 +2,38 @@ import atexit
 import copy
 import fcntl
 import functools
+import json
 import os
 import select
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 import command_server
 
+
 # Under pytest-xdist (scripts/test.sh) each worker, and every command it starts, gets its share of
 # the cores: torch's thread pools would otherwise oversubscribe them several times over.
+def _thread_settings(workers):
+    """The variables that give each of ``workers`` test processes its share of the cores."""
+    if workers <= 1:
+        return {}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = str(max(1, cores // workers))
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    _threads = str(max(1, _cores // _WORKERS))
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = _threads
+    os.environ.update(_thread_settings(_WORKERS))
     import torch
 
-    torch.set_num_threads(int(_threads))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -56,6 +66,26 @@ class _CommandServer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+class _SharedServer:
+    """A server that pytest-xdist's controller started for every test process, and stops."""
+
+    def __init__(self, socket):
+        self.socket = socket
+
+    def wait_ready(self):
+        deadline = time.monotonic() + 300
+        while not os.path.exists(self.socket + ".ready"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the shared command server at {self.socket} did not start")
+            time.sleep(0.05)
+        return self.socket
+
+    def close(self):
+        pass
+
+
+# {environment digest: socket} of the shared servers, from the controller to its test processes.
+SHARED_SERVERS_VARIABLE = "TEST_COMMAND_SERVERS"
 _SERVERS = {}
 
 
@@ -71,9 +101,24 @@ def _server(env):
     """The command server for ``env`` (started now if there is none: it imports while the caller goes on)."""
     key = tuple(sorted(command_server.server_environment(env).items()))
     if key not in _SERVERS:
-        server_env = {k: v for k, v in env.items() if k not in command_server.IGNORED_VARIABLES}
-        _SERVERS[key] = _CommandServer(server_env, Path(tempfile.mkdtemp(prefix="command-server-")))
+        shared = json.loads(os.environ.get(SHARED_SERVERS_VARIABLE, "{}")).get(command_server.environment_digest(env))
+        if shared:
+            _SERVERS[key] = _SharedServer(shared)
+        else:
+            server_env = {k: v for k, v in env.items()
+                          if k not in command_server.IGNORED_VARIABLES and k != SHARED_SERVERS_VARIABLE}
+            _SERVERS[key] = _CommandServer(server_env, Path(tempfile.mkdtemp(prefix="command-server-")))
     return _SERVERS[key]
+
+
+def _start_shared_servers(workers):
+    """In pytest-xdist's controller: the servers of the two environments every test process starts
+    commands in (run_cli's, and the one with warnings not silenced), started once for all of them."""
+    base = dict(os.environ, **_thread_settings(workers))
+    sockets = {}
+    for env in (dict(base, PYTHONWARNINGS="ignore"), {k: v for k, v in base.items() if k != "PYTHONWARNINGS"}):
+        sockets[command_server.environment_digest(env)] = _server(env).socket
+    os.environ[SHARED_SERVERS_VARIABLE] = json.dumps(sockets)
 
 
 def commands_served():
@@ -133,6 +178,8 @@ def pytest_configure(config):
         command_server.install_call_forwarding(lambda env: _server(env).wait_ready())
         if hasattr(config, "workerinput"):  # a pytest-xdist worker
             _server(cli_env())  # run_cli's server imports while this worker collects the tests
+        elif getattr(config.option, "numprocesses", None):  # pytest-xdist's controller, before its workers start
+            _start_shared_servers(config.option.numprocesses)
 
 
 def run_cli(name, *args, cwd=None, check=True, timeout=600):

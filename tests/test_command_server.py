@@ -66,3 +66,23 @@ def test_what_importing_fairseq_writes_into_the_environment_leaves_the_server_ch
     assert command_server.environment_digest(env) == command_server.environment_digest(before)
     assert command_server.environment_digest(dict(before, OMP_NUM_THREADS="7")) \
         != command_server.environment_digest(before)
+
+
+def test_the_test_processes_share_the_servers_their_controller_started(tmp_path):
+    """Under pytest-xdist the controller starts the servers of run_cli's environment (and of the one
+    with warnings not silenced) once for all its test processes; a test process on its own starts
+    its own."""
+    program = tmp_path / "parents.py"
+    program.write_text("import os\n"
+                       "def parent(pid):\n"
+                       "    return int(open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[1])\n"
+                       "server = parent(os.getppid())  # the parent of the fork that serves the request\n"
+                       "print(os.getppid(), parent(server))\n")
+    proc = run_command([sys.executable, program], cwd=tmp_path, env=cli_env())
+    parent, servers_parent = map(int, proc.stdout.split())
+    if not commands_served():
+        assert parent == os.getpid()
+    elif os.environ.get("PYTEST_XDIST_WORKER"):
+        assert servers_parent == os.getppid()  # the controller
+    else:
+        assert servers_parent == os.getpid()
