@@ -76,7 +76,8 @@ class _SharedServer:
         deadline = time.monotonic() + 300
         while not os.path.exists(self.socket + ".ready"):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the shared command server at {self.socket} did not start")
+                log = Path(self.socket).parent / "server.log"
+                raise RuntimeError(f"the shared command server did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.05)
         return self.socket
 
