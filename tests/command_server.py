@@ -2,9 +2,10 @@
 process that has already imported torch and fairseq, which a fresh interpreter takes 4 to 5 s to do.
 
 Started by conftest.run_command with the environment its commands get; it says "ready" on its
-stdout (and with a file SOCKET.ready) once imported and ends when its stdin closes. A client connects to its Unix socket and sends
-one JSON request line with three file descriptors (the command's stdin, stdout and stderr); the
-server answers with the command's pid, then with its exit status. Each request is served at once
+stdout (and with a file SOCKET.ready, for other processes) once imported and ends when its stdin
+closes. A client connects to its Unix socket and sends one JSON request line with three file
+descriptors (the command's stdin, stdout and stderr); the server answers with the command's pid,
+then with its exit status. Each request is served at once
 by a fork that forks the command and waits for it, so a served program's own commands (the study
 runner's fairseq-train and fairseq-generate, the GPU check's steps) are served too while it waits
 for them: a served program's ``subprocess.call`` or ``subprocess.run`` of fairseq's or the plugin's
@@ -155,7 +156,7 @@ def serve(socket_path):
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(socket_path)
     listener.listen(16)
-    open(socket_path + ".ready", "w").close()  # for the processes that share it
+    open(socket_path + ".ready", "w").close()
     answers.write("ready\n")
     answers.flush()
     while True:

@@ -106,8 +106,7 @@ def _server(env):
         if shared:
             _SERVERS[key] = _SharedServer(shared)
         else:
-            server_env = {k: v for k, v in env.items()
-                          if k not in command_server.IGNORED_VARIABLES and k != SHARED_SERVERS_VARIABLE}
+            server_env = {k: v for k, v in env.items() if k not in command_server.IGNORED_VARIABLES}
             _SERVERS[key] = _CommandServer(server_env, Path(tempfile.mkdtemp(prefix="command-server-")))
     return _SERVERS[key]
 
@@ -117,7 +116,7 @@ def _start_shared_servers(workers):
     commands in (run_cli's, and the one with warnings not silenced), started once for all of them."""
     base = dict(os.environ, **_thread_settings(workers))
     sockets = {}
-    for env in (dict(base, PYTHONWARNINGS="ignore"), {k: v for k, v in base.items() if k != "PYTHONWARNINGS"}):
+    for env in (cli_env(base), unsilenced_env(base)):
         sockets[command_server.environment_digest(env)] = _server(env).socket
     os.environ[SHARED_SERVERS_VARIABLE] = json.dumps(sockets)
 
@@ -157,9 +156,14 @@ def run_command(cmd, *, cwd=None, env=None, input=None, timeout=600):
         return subprocess.CompletedProcess(cmd, status, out.read(), err.read())
 
 
-def cli_env():
-    """The environment of the commands the tests start: as this process's, warnings silenced."""
-    return dict(os.environ, PYTHONWARNINGS="ignore")
+def cli_env(base=None):
+    """The environment of the commands the tests start: ``base`` (this process's), warnings silenced."""
+    return dict(os.environ if base is None else base, PYTHONWARNINGS="ignore")
+
+
+def unsilenced_env(base=None):
+    """The environment users run the tools in: ``base`` (this process's), warnings not silenced."""
+    return {k: v for k, v in (os.environ if base is None else base).items() if k != "PYTHONWARNINGS"}
 
 
 # The files that take longest, longest first: scripts/test.sh hands out whole files, in this order

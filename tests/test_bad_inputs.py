@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, SMALL, USER_DIR, run_cli, run_command, train_in_process
+from conftest import ROOT, SMALL, USER_DIR, run_cli, run_command, train_in_process, unsilenced_env
 from one_layer_lottery import analyze, average_checkpoints, curves, export
 from one_layer_lottery.checkpoints import dump_embeddings
 from one_layer_lottery.study import __main__ as study
@@ -131,7 +131,7 @@ def test_debug_variable_shows_the_traceback(files, tmp_path, monkeypatch):
 
 def _tool(*args):
     return run_command([sys.executable, "-m", *map(str, args)], cwd=ROOT, timeout=300,
-                       env={k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"})
+                       env=unsilenced_env())
 
 
 @pytest.mark.parametrize("tool", ["export", "analyze", "dump_embeddings", "average_checkpoints", "study", "curves"])

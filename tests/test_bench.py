@@ -1,12 +1,12 @@
 import json
 import math
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
+from conftest import unsilenced_env
 from one_layer_lottery import bench
 
 # Tiny shapes keep the benchmark's tests fast; the code path is the real one (iwslt's 6+6 layers, 4 heads).
@@ -19,7 +19,7 @@ def test_benchmark_reports_every_ratio_with_its_spread_at_each_shape(tmp_path):
     scratch.mkdir()
     proc = subprocess.run([sys.executable, "-m", "one_layer_lottery.bench", *TINY, "--json", str(out)],
                           capture_output=True, text=True, timeout=900,
-                          env={**{k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"},
+                          env={**unsilenced_env(),
                                # torch's compiler keeps its own cache, in TMPDIR unless told
                                "TMPDIR": str(scratch), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "torch-cache")})
     assert proc.returncode == 0, proc.stderr

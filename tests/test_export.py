@@ -1,12 +1,11 @@
 """Export to a plain fairseq Transformer that stock fairseq loads without --user-dir."""
-import os
 import sys
 
 import pytest
 import torch
 from fairseq.models.transformer import TransformerModel
 
-from conftest import GENERATE, ROOT, USER_DIR, hypotheses, run_cli, run_command
+from conftest import GENERATE, ROOT, USER_DIR, hypotheses, run_cli, run_command, unsilenced_env
 from one_layer_lottery import export
 from one_layer_lottery.masking import MaskedWeight
 from test_compact import build_case, first_batch, like_trained
@@ -115,10 +114,8 @@ def test_failed_export_leaves_existing_output(trained_sample, tmp_path, capsys):
 def test_the_tools_print_their_results_and_nothing_else(trained_sample, tmp_path):
     """Run as users run them, warnings not silenced: the results on stdout, an empty stderr (the
     start-up's silence is test_fairseq_patches's)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
-
     def tool(*args):
-        proc = run_command([sys.executable, "-m", *map(str, args)], cwd=ROOT, env=env, timeout=300)
+        proc = run_command([sys.executable, "-m", *map(str, args)], cwd=ROOT, env=unsilenced_env(), timeout=300)
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]
         return proc.stdout.splitlines()
 

@@ -1,7 +1,6 @@
 """Importing the plugin registers the model and changes nothing else, except in fairseq's command
 lines, which get the patches of one_layer_lottery/fairseq_patches.py."""
 import importlib.util
-import os
 import json
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, USER_DIR
+from conftest import ROOT, USER_DIR, unsilenced_env
 from one_layer_lottery import fairseq_patches
 
 FAIRSEQ_CLI = Path(importlib.util.find_spec("fairseq_cli").origin).parent
@@ -89,8 +88,8 @@ def test_importing_fairseq_through_the_plugin_logs_nothing_and_leaves_the_logger
             f"print(logging.getLogger({fairseq_patches.TENSORBOARDX_LOGGER!r}).level)")
     # A fresh interpreter, warnings not silenced: the start-up every tool and fairseq command line
     # makes (the tests run those in forks of a process that imported fairseq already).
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env=unsilenced_env())
     assert proc.returncode == 0 and proc.stdout.split() == ["0"], proc.stderr[-3000:]
     assert proc.stderr == ""
     if importlib.util.find_spec("tensorboardX") is None:  # the control: fairseq alone logs the line
