@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import command_server
+from fairseq_config import training_config
 
 
 # Under pytest-xdist (scripts/test.sh) each worker, and every command it starts, gets its share of
@@ -272,16 +273,6 @@ def sample_bin(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sample_bin_joined(tmp_path_factory):
     return built_once(tmp_path_factory, "sample-bin-joined", lambda out: _preprocess_sample(out, "--joined-dictionary"))
-
-
-@functools.lru_cache(maxsize=None)
-def training_config(argv):
-    """fairseq-train's config for the command line ``argv`` (a tuple of strings). Hydra composes it
-    in about 0.3 s, so each command line is parsed once per session; callers get a copy."""
-    from fairseq import options
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-
-    return convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), list(argv)))
 
 
 def build(data_dir, *flags, arch="one_layer_transformer_iwslt_de_en"):
