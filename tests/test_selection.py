@@ -133,6 +133,53 @@ def test_masked_linear_forward_and_gradients_match_the_naive_reference():
     assert rw.weight.grad is None and not rw.weight.requires_grad
 
 
+def _aten_ops(fn):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    ops = []
+    with Record():
+        out = fn()
+    return out, ops
+
+
+# time x batch x channels as fairseq lays them out: a plain input, a transposed one (the decoder's
+# output), a decoding step of length 1 transposed from batch-first, a time-first step, a 2-D input.
+LAYOUTS = {
+    "contiguous": lambda: torch.randn(5, 3, 12),
+    "transposed": lambda: torch.randn(3, 5, 12).transpose(0, 1),
+    "one step, transposed": lambda: torch.randn(3, 1, 12).transpose(0, 1),
+    "one step": lambda: torch.randn(1, 3, 12),
+    "matrix": lambda: torch.randn(4, 12),
+}
+
+
+@pytest.mark.parametrize("bias", ["none", "trained"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("training", [True, False])
+def test_masked_linear_is_one_matrix_multiply_in_every_layout(layout, training, bias):
+    """However its input lies in memory, a masked linear layer runs one 2-D matrix multiply (never a
+    batched one over a broadcast weight), bit for bit the product of the input's rows."""
+    torch.manual_seed(0)
+    rw = RandomWeight((16, 12), WeightInit(), seed=5, name="fc")
+    layer = MaskedLinear(rw, MaskConfig(), torch.nn.Parameter(torch.randn(16, 12)), bias=bias).train(training)
+    if bias == "trained":
+        with torch.no_grad():
+            layer.bias.normal_()
+    x = LAYOUTS[layout]()
+    weight = layer.weight.detach()
+    with torch.no_grad():
+        out, ops = _aten_ops(lambda: layer(x))
+    rows = x.reshape(-1, 12).contiguous()
+    expected = (torch.addmm(layer.bias.detach(), rows, weight.t()) if bias == "trained" else rows @ weight.t())
+    assert torch.equal(out, expected.view(*x.shape[:-1], 16))
+    assert "bmm" not in ops and ops.count("mm") + ops.count("addmm") == 1, ops
+
+
 def test_eval_mode_computes_the_mask_once_and_recomputes_after_changes(monkeypatch):
     import one_layer_lottery.masking.modules as modules
 

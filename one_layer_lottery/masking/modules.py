@@ -107,9 +107,14 @@ def straight_through_mask(weight, scores, mask, method="topk"):
 
 
 def _linear(x, weight, bias=None):
-    # One matrix multiply over all leading dims. torch's matmul folds them by itself only when
-    # the weight requires grad; with a frozen or cached weight and a transposed input (fairseq's
-    # decoder output) it would broadcast the weight into a batched multiply, several times slower.
+    # One matrix multiply over all leading dims. torch folds them by itself when they lie in
+    # memory as one matrix (checked on 3-D input, fairseq's time x batch x channels). Otherwise (a
+    # transposed input: fairseq's decoder output, a decoding step of length 1) torch's matmul folds
+    # only when the weight requires grad: with a frozen or cached weight it would broadcast the weight
+    # into a batched multiply, several times slower. Either way the same matrix multiply runs.
+    dims = x.dim()
+    if dims == 2 or (dims == 3 and x.is_contiguous() and x.stride(0) == x.stride(1) * x.size(1)):
+        return F.linear(x, weight, bias)
     out = F.linear(x.reshape(-1, x.shape[-1]), weight, bias)
     return out.view(*x.shape[:-1], out.shape[-1])
 
@@ -127,12 +132,13 @@ class _EvalCache:
     """A masked weight computed while not training, and what it was computed from.
 
     It is current while the same tensor objects sit in their modules' parameter dicts with the
-    same data pointer and version: in-place edits (``load_state_dict``, ``copy_``) bump the
+    same data pointer, version and dtype: in-place edits (``load_state_dict``, ``copy_``) bump the
     version, ``.to()``/``.half()`` on the owner change the pointer, ``module.scores = ...`` the object.
+    Checked on every read while decoding, so kept to plain attribute reads.
     """
 
     __slots__ = ("weight_params", "weight", "weight_key", "score_params", "scores", "score_key", "gain_params",
-                 "gains", "gains_key", "masked", "autocast_copies")
+                 "gains", "gains_key", "masked", "autocast_device", "autocast_copies")
 
     def __init__(self, weight_owner: nn.Module, score_owner: nn.Module, masked: torch.Tensor, layer: nn.Module):
         self.weight_params, self.score_params = weight_owner._parameters, score_owner._parameters
@@ -142,6 +148,8 @@ class _EvalCache:
         self.gains = self.gain_params.get("gains")
         self.gains_key = None if self.gains is None else _key(self.gains)
         self.masked = masked
+        # only an fp32 weight is cast under autocast
+        self.autocast_device = masked.device.type if masked.dtype == torch.float32 else None
         self.autocast_copies = {}
 
     def cast_for_autocast(self) -> torch.Tensor:
@@ -150,8 +158,8 @@ class _EvalCache:
         Autocast casts a parameter once per autocast region, but a tensor that is not a parameter
         (this masked weight) at every operation: while decoding, one extra kernel per matrix and step.
         """
-        device = self.masked.device.type
-        if self.masked.dtype != torch.float32 or not torch.is_autocast_enabled(device):
+        device = self.autocast_device
+        if device is None or not torch.is_autocast_enabled(device):
             return self.masked
         dtype = torch.get_autocast_dtype(device)
         copy = self.autocast_copies.get(dtype)
@@ -160,10 +168,10 @@ class _EvalCache:
         return copy
 
     def is_current(self) -> bool:
-        return (self.weight_params.get("weight") is self.weight and self.score_params.get("scores") is self.scores
-                and _key(self.weight) == self.weight_key and _key(self.scores) == self.score_key
-                and (self.gains is None or (self.gain_params.get("gains") is self.gains
-                                            and _key(self.gains) == self.gains_key)))
+        weight, scores, gains = self.weight, self.scores, self.gains
+        return (self.weight_params.get("weight") is weight and self.score_params.get("scores") is scores
+                and _key(weight) == self.weight_key and _key(scores) == self.score_key
+                and (gains is None or (self.gain_params.get("gains") is gains and _key(gains) == self.gains_key)))
 
 
 def _key(t):
@@ -282,6 +290,9 @@ class MaskedWeight(nn.Module):
     def matmul_weight(self) -> torch.Tensor:
         """``weight`` as an input of a matrix multiply: the same, except while decoding under
         autocast, where it is the cached masked weight already cast to autocast's type."""
+        cache = self._eval_cache
+        if cache is not None and self._pinned is None and not self.training and cache.is_current():
+            return cache.cast_for_autocast()  # decoding: read for every matrix multiply of every step
         weight = MaskedWeight.weight.fget(self)
         cache = self._eval_cache
         return cache.cast_for_autocast() if cache is not None and weight is cache.masked else weight
