@@ -15,7 +15,7 @@ import functools
 from unittest import mock
 
 
-class _ComposeOncePerShape:
+class ComposeOncePerShape:
     """Stands in for Hydra's ``compose`` inside fairseq's conversion."""
 
     def __init__(self):
@@ -49,7 +49,7 @@ class _ComposeOncePerShape:
         return cfg
 
 
-_COMPOSE = _ComposeOncePerShape()
+_COMPOSE = ComposeOncePerShape()
 
 
 def convert(args, composer=_COMPOSE):

@@ -3,7 +3,7 @@ import pytest
 
 import one_layer_lottery  # noqa: F401  (registers the model)
 from conftest import USER_DIR
-from fairseq_config import _ComposeOncePerShape, convert
+from fairseq_config import ComposeOncePerShape, convert
 
 BASE = ("--arch", "one_layer_transformer_iwslt_de_en", "--optimizer", "adam", "--lr", "5e-3")
 # Each differs from BASE in values only: numbers, choices, flags, tuples, lists, paths (one with a
@@ -39,7 +39,7 @@ def same(a, b):
     return OmegaConf.to_yaml(a) == OmegaConf.to_yaml(b) and OmegaConf.is_struct(a) == OmegaConf.is_struct(b)
 
 
-class CountingCompose(_ComposeOncePerShape):
+class CountingCompose(ComposeOncePerShape):
     def __init__(self):
         super().__init__()
         self.hydra_calls = 0
