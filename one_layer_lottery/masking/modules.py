@@ -265,13 +265,20 @@ class MaskedWeight(nn.Module):
             return torch.ones_like(self.random_weight)
         return self.mask_config.values(scores.detach(), self.random_weight.dtype)
 
+    def _current_cache(self) -> Optional[_EvalCache]:
+        """The eval cache, when a read may use it: not pinned, not training, still current."""
+        cache = self._eval_cache
+        if cache is not None and self._pinned is None and not self.training and cache.is_current():
+            return cache  # decoding: no module look-ups, a few attribute reads
+        return None
+
     @property
     def weight(self) -> torch.Tensor:
+        cache = self._current_cache()
+        if cache is not None:
+            return cache.masked
         if self._pinned is not None:
             return self._pinned
-        cache = self._eval_cache
-        if cache is not None and not self.training and cache.is_current():
-            return cache.masked  # decoding: no module look-ups, a few attribute reads
         weight = self.random_weight
         scores = self.score_tensor
         if scores is None:
@@ -290,8 +297,8 @@ class MaskedWeight(nn.Module):
     def matmul_weight(self) -> torch.Tensor:
         """``weight`` as an input of a matrix multiply: the same, except while decoding under
         autocast, where it is the cached masked weight already cast to autocast's type."""
-        cache = self._eval_cache
-        if cache is not None and self._pinned is None and not self.training and cache.is_current():
+        cache = self._current_cache()
+        if cache is not None:
             return cache.cast_for_autocast()  # decoding: read for every matrix multiply of every step
         weight = MaskedWeight.weight.fget(self)
         cache = self._eval_cache
