@@ -173,9 +173,22 @@ LONGEST_FILES = ("test_pretrained.py", "test_study.py", "test_bad_inputs.py", "t
                  "test_configs.py", "test_data_scripts.py", "test_train_scripts.py", "test_gpu_check.py")
 
 
-def pytest_collection_modifyitems(items):
+def pytest_addoption(parser):
+    parser.addoption("--whole-machine-tests", choices=("run", "defer", "only"), default="run",
+                     help="the tests marked whole_machine: run them with the others (run), leave them out "
+                          "(defer) or run only them (only); scripts/test.sh defers them, then runs them alone")
+
+
+def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+    mode = config.getoption("whole_machine_tests")
+    if mode != "run":
+        wanted = mode == "only"
+        left_out = [item for item in items if (item.get_closest_marker("whole_machine") is not None) != wanted]
+        if left_out:
+            config.hook.pytest_deselected(items=left_out)
+            items[:] = [item for item in items if (item.get_closest_marker("whole_machine") is not None) == wanted]
 
 
 def pytest_configure(config):
@@ -186,6 +199,9 @@ def pytest_configure(config):
             _server(cli_env())  # run_cli's server imports while this worker collects the tests
         elif getattr(config.option, "numprocesses", None):  # pytest-xdist's controller, before its workers start
             _start_shared_servers(config.option.numprocesses)
+        elif config.getoption("whole_machine_tests") == "only" and not config.option.collectonly:
+            # the server their commands run in imports while the tests are collected
+            _server(cli_env())
 
 
 def run_cli(name, *args, cwd=None, check=True, timeout=600):

@@ -294,6 +294,7 @@ def test_check_decodes_the_test_set_as_the_study_scored_the_checkpoint(sample_pr
     assert found["recorded"] == 12.34
 
 
+@pytest.mark.whole_machine
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data")
 @pytest.mark.skipif(not SHIPPED.is_dir(), reason="data/pretrained/ is not built")
 def test_the_shipped_model_scores_the_test_bleu_its_result_file_records():
