@@ -107,13 +107,15 @@ def straight_through_mask(weight, scores, mask, method="topk"):
 
 
 def _linear(x, weight, bias=None):
-    # One matrix multiply over all leading dims. torch folds them by itself when they lie in
-    # memory as one matrix (checked on 3-D input, fairseq's time x batch x channels). Otherwise (a
-    # transposed input: fairseq's decoder output, a decoding step of length 1) torch's matmul folds
-    # only when the weight requires grad: with a frozen or cached weight it would broadcast the weight
-    # into a batched multiply, several times slower. Either way the same matrix multiply runs.
+    # One matrix multiply over all leading dims. torch folds them by itself for a contiguous input
+    # with a bias, or one whose leading dims lie in memory as one matrix (checked on 3-D input,
+    # fairseq's time x batch x channels). Otherwise (no bias and a transposed input: fairseq's decoder
+    # output, a decoding step of length 1) torch's matmul folds only when the weight requires grad:
+    # with a frozen or cached weight it would broadcast the weight into a batched multiply, several
+    # times slower. Either way the same matrix multiply runs.
     dims = x.dim()
-    if dims == 2 or (dims == 3 and x.is_contiguous() and x.stride(0) == x.stride(1) * x.size(1)):
+    if dims == 2 or (x.is_contiguous()
+                     and (bias is not None or (dims == 3 and x.stride(0) == x.stride(1) * x.size(1)))):
         return F.linear(x, weight, bias)
     out = F.linear(x.reshape(-1, x.shape[-1]), weight, bias)
     return out.view(*x.shape[:-1], out.shape[-1])
@@ -137,13 +139,15 @@ class _EvalCache:
     Checked on every read while decoding, so kept to plain attribute reads.
     """
 
-    __slots__ = ("weight_params", "weight", "weight_key", "score_params", "scores", "score_key", "gain_params",
-                 "gains", "gains_key", "masked", "autocast_device", "autocast_copies")
+    __slots__ = ("weight_params", "weight", "weight_version", "weight_pointer", "weight_dtype", "score_params",
+                 "scores", "score_version", "score_pointer", "score_dtype", "gain_params", "gains", "gains_key",
+                 "masked", "autocast_device", "autocast_copies")
 
     def __init__(self, weight_owner: nn.Module, score_owner: nn.Module, masked: torch.Tensor, layer: nn.Module):
         self.weight_params, self.score_params = weight_owner._parameters, score_owner._parameters
         self.weight, self.scores = self.weight_params["weight"], self.score_params["scores"]
-        self.weight_key, self.score_key = _key(self.weight), _key(self.scores)
+        self.weight_version, self.weight_pointer, self.weight_dtype = _key(self.weight)
+        self.score_version, self.score_pointer, self.score_dtype = _key(self.scores)
         self.gain_params = layer._parameters  # the layer's learned gains, if any (--learned-gains)
         self.gains = self.gain_params.get("gains")
         self.gains_key = None if self.gains is None else _key(self.gains)
@@ -169,8 +173,10 @@ class _EvalCache:
 
     def is_current(self) -> bool:
         weight, scores, gains = self.weight, self.scores, self.gains
-        return (self.weight_params.get("weight") is weight and self.score_params.get("scores") is scores
-                and _key(weight) == self.weight_key and _key(scores) == self.score_key
+        return (weight._version == self.weight_version and scores._version == self.score_version
+                and self.weight_params.get("weight") is weight and self.score_params.get("scores") is scores
+                and weight.data_ptr() == self.weight_pointer and scores.data_ptr() == self.score_pointer
+                and weight.dtype == self.weight_dtype and scores.dtype == self.score_dtype
                 and (gains is None or (self.gain_params.get("gains") is gains and _key(gains) == self.gains_key)))
 
 
@@ -365,7 +371,8 @@ class MaskedLinear(MaskedWeight):
     weight = property(MaskedWeight.matmul_weight)
 
     def forward(self, x):
-        return _linear(x, self.weight, self.bias)
+        cache = self._current_cache()  # decoding: the cached weight, without the property's calls
+        return _linear(x, cache.cast_for_autocast() if cache is not None else self.matmul_weight(), self.bias)
 
     def extra_repr(self):
         return (f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}, "
