@@ -179,6 +179,15 @@ def pytest_addoption(parser):
                           "(defer) or run only them (only); scripts/test.sh defers them, then runs them alone")
 
 
+def pytest_ignore_collect(collection_path, config):
+    # --whole-machine-tests only: a test file whose text never names the marker holds none of those
+    # tests, and is not imported (the run that has one test to do spares the others' collection)
+    if (config.getoption("whole_machine_tests") == "only" and collection_path.suffix == ".py"
+            and collection_path.name.startswith("test_")):
+        return "whole_machine" not in collection_path.read_text(encoding="utf-8")
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
