@@ -169,8 +169,9 @@ def unsilenced_env(base=None):
 
 # The files that take longest, longest first: scripts/test.sh hands out whole files, in this order
 # and then the rest, so the two workers end together rather than one waiting on a long file.
-LONGEST_FILES = ("test_pretrained.py", "test_study.py", "test_bad_inputs.py", "test_docs_commands.py",
-                 "test_configs.py", "test_data_scripts.py", "test_train_scripts.py", "test_gpu_check.py")
+LONGEST_FILES = ("test_study.py", "test_data_scripts.py", "test_pretrained.py", "test_docs_commands.py",
+                 "test_configs.py", "test_train_scripts.py", "test_distributed.py", "test_setup_offline.py",
+                 "test_resume.py", "test_gpu_check.py")
 
 
 def pytest_addoption(parser):
