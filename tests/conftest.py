@@ -194,11 +194,13 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
     mode = config.getoption("whole_machine_tests")
     if mode != "run":
-        wanted = mode == "only"
-        left_out = [item for item in items if (item.get_closest_marker("whole_machine") is not None) != wanted]
+        kept, left_out = [], []
+        for item in items:
+            marked = item.get_closest_marker("whole_machine") is not None
+            (kept if marked == (mode == "only") else left_out).append(item)
         if left_out:
             config.hook.pytest_deselected(items=left_out)
-            items[:] = [item for item in items if (item.get_closest_marker("whole_machine") is not None) == wanted]
+            items[:] = kept
 
 
 def pytest_configure(config):

@@ -371,8 +371,7 @@ class MaskedLinear(MaskedWeight):
     weight = property(MaskedWeight.matmul_weight)
 
     def forward(self, x):
-        cache = self._current_cache()  # decoding: the cached weight, without the property's calls
-        return _linear(x, cache.cast_for_autocast() if cache is not None else self.matmul_weight(), self.bias)
+        return _linear(x, self.matmul_weight(), self.bias)
 
     def extra_repr(self):
         return (f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}, "
