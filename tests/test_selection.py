@@ -1,6 +1,8 @@
 """Exact top-k selection and the straight-through estimator (pure PyTorch)."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from one_layer_lottery.masking import (
     MaskConfig, MaskedLinear, RandomWeight, SharedScores, WeightInit, naive_edge_popup_mask, num_kept, select_mask,
@@ -53,6 +55,39 @@ def test_a_floating_mask_is_the_boolean_mask_as_ones_and_zeros(dtype, on_host):
         assert ones.dtype == dtype and torch.equal(ones, plain.to(dtype)) and 0 < int(plain.sum()) < plain.numel()
 
 
+@pytest.mark.parametrize("on_host", [True, False], ids=["host path", "device path"])
+def test_a_mask_written_over_its_values_is_the_same_mask(on_host):
+    """``out=values``: the selection reads every value it needs (ties included) before the mask overwrites them."""
+    g = torch.Generator().manual_seed(4)
+    tied = torch.randint(0, 3, (3, 70_000), generator=g).float()
+    for values in (torch.randn(5, 300, generator=g), tied, torch.zeros(2, 50), torch.randn(77, generator=g)):
+        for k in (1, values.shape[-1] // 3, values.shape[-1]):
+            scratch = values.clone()
+            mask = topk_mask(scratch, k, on_host=on_host, dtype=torch.float32, out=scratch)
+            assert mask.data_ptr() == scratch.data_ptr()
+            assert torch.equal(scratch, topk_mask(values, k, on_host=on_host).float()), (values.shape, k)
+    with pytest.raises(ValueError, match="out is torch.float16"):
+        topk_mask(torch.randn(10), 3, dtype=torch.float32, out=torch.empty(10, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32, torch.float16])
+@pytest.mark.parametrize("method", ["super_mask", "topk", "threshold", "sigmoid_threshold"])
+def test_a_mask_is_a_new_tensor_and_leaves_the_scores_alone(method, dtype):
+    """Callers write over the mask (the masked weight is the mask times the weight): it is never a view,
+    and selecting one never changes the scores, transposed ones included."""
+    g = torch.Generator().manual_seed(5)
+    for scores in (torch.randn(40, 30, generator=g), torch.randn(30, 40, generator=g).t(),
+                   torch.randn(3, 20, 10, generator=g), torch.randn(12, 8, generator=g).half()):
+        before = scores.clone()
+        mask = select_mask(scores, method, 0.4, 0.55 if method == "sigmoid_threshold" else 0.1, dtype)
+        assert mask._base is None and mask.shape == scores.shape and mask.dtype == dtype
+        assert torch.equal(scores, before)
+        expected = {"super_mask": naive_edge_popup_mask(scores.float(), 0.4).bool(), "topk": None,
+                    "threshold": scores > 0.1, "sigmoid_threshold": torch.sigmoid(scores) > 0.55}[method]
+        if expected is not None and scores.dim() == 2:
+            assert torch.equal(mask, expected.to(dtype))
+
+
 def test_batched_selection_equals_per_layer_selection():
     scores = torch.randn(6, 30, 20)
     batched = select_mask(scores, "super_mask", 0.5)
@@ -95,8 +130,10 @@ def test_straight_through_gradient_is_the_upstream_gradient(method):
     weight = torch.randn(7, 5, generator=g)
     scores = torch.randn(7, 5, generator=g, requires_grad=True)
     x = torch.randn(4, 5, generator=g)
-    mask = select_mask(scores, method, 0.5)
-    (x @ straight_through_mask(weight, scores, mask, method).t()).pow(2).sum().backward()
+    config = MaskConfig(method, 0.5, threshold=0.5 if method == "sigmoid_threshold" else 0.0)
+    mask = config.kept(scores)
+    assert 0 < int(mask.sum()) < mask.numel()
+    (x @ straight_through_mask(weight, scores, config).t()).pow(2).sum().backward()
 
     float_mask = mask.float().requires_grad_()
     (x @ (weight * float_mask).t()).pow(2).sum().backward()
@@ -106,6 +143,45 @@ def test_straight_through_gradient_is_the_upstream_gradient(method):
                 "sigmoid_threshold": upstream * torch.sigmoid(s) * (1 - torch.sigmoid(s))}[method]
     assert torch.allclose(scores.grad, expected, rtol=1e-6, atol=1e-6)
     assert scores.grad.abs().sum() > 0
+
+
+class _NewTensorBytes(TorchDispatchMode):
+    """Bytes of the new tensors of at least ``numel`` entries that the operators run inside it make
+    (outputs written into an input, as by ``out=`` or in-place operators, are not new)."""
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.bytes = numel, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        leaves = tree_leaves((args, kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in leaves if isinstance(t, torch.Tensor)}
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.numel() >= self.numel and t.untyped_storage().data_ptr() not in inputs:
+                self.bytes += t.untyped_storage().nbytes()
+        return out
+
+
+@pytest.mark.parametrize("method", ["super_mask", "topk", "threshold"])
+def test_a_masked_training_step_makes_few_weight_sized_tensors_beyond_a_dense_one(method):
+    """What the masks add to a training step is the selection: the mask, written over |scores| and then
+    multiplied by the weight in place, and one tensor for the scores' gradient. Every weight-sized
+    tensor more is memory the allocator fetches again on every step (page faults on CPU)."""
+    shape = (512, 256)
+    weight_bytes = 512 * 256 * 4
+    layer = MaskedLinear(RandomWeight(shape, WeightInit(), seed=1, name="fc"), MaskConfig(method, 0.5),
+                         torch.nn.Parameter(torch.randn(shape)))
+    dense = torch.nn.Linear(256, 512, bias=False)
+    made = {}
+    for name, module in (("masked", layer), ("dense", dense)):
+        with _NewTensorBytes(512 * 256) as counter:
+            module(torch.randn(8, 256)).sum().backward()
+        made[name] = counter.bytes
+    assert made["dense"] == weight_bytes  # its weight's gradient
+    # the mask and the scores' gradient (4 bytes an entry each), two boolean bands of the selection
+    assert made["masked"] - made["dense"] <= 2.5 * weight_bytes, made
+    assert layer.scores.grad is not None and layer.scores.grad.abs().sum() > 0
 
 
 def test_masked_linear_forward_and_gradients_match_the_naive_reference():

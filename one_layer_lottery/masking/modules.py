@@ -48,7 +48,8 @@ class MaskConfig:
         return mask_levels(scores, self.method, self.prune_ratio, self.coats, self.threshold)
 
     def values(self, scores: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """What multiplies each weight, in ``dtype``: the plain mask as 1/0 for one coat, multiples of 1/coats else."""
+        """What multiplies each weight, in a new tensor of ``dtype``: the plain mask as 1/0 for one coat,
+        multiples of 1/coats else."""
         if self.coats == 1:
             return select_mask(scores, self.method, self.prune_ratio, self.threshold, dtype)
         return self.levels(scores).to(dtype).div_(self.coats)
@@ -69,41 +70,48 @@ class RandomWeight(nn.Module):
 
 
 class _StraightThroughMask(torch.autograd.Function):
-    """weight * mask, where the mask was selected from the scores.
+    """weight * mask, where the mask is selected from the scores by a ``MaskConfig``.
 
     Backward: the gradient the mask receives (upstream gradient times weight) is passed
     straight through the selection step, then through the differentiable part of the rule
     (|score| for super_mask, sigmoid for sigmoid_threshold) to the scores. Only tensors that
-    already exist (the shared weight, the scores) are saved.
+    already exist (the shared weight, the scores) are saved; the forward and the super_mask
+    backward each make one weight-sized tensor (this runs for every virtual layer on every step).
     """
 
     @staticmethod
-    def forward(ctx, weight, scores, mask, method):
-        ctx.method = method
+    def forward(ctx, weight, scores, config):
+        ctx.method = config.method
         ctx.save_for_backward(weight, scores)
-        return _apply_mask(weight, mask)
+        return _masked(weight, scores, config)
 
     @staticmethod
     def backward(ctx, grad_output):
         weight, scores = ctx.saved_tensors
+        if ctx.method == "super_mask":  # d|s|/ds = sign(s)
+            return None, torch.sign(scores).mul_(weight).mul_(grad_output), None
         grad = grad_output * weight
-        if ctx.method == "super_mask":
-            grad.mul_(scores.sign())
-        elif ctx.method == "sigmoid_threshold":
+        if ctx.method == "sigmoid_threshold":
             sig = torch.sigmoid(scores)
             grad = grad * sig * (1 - sig)
-        return None, grad, None, None
+        return None, grad, None
 
 
-def _apply_mask(weight, mask):
-    # The mask holds the weight's dtype (a boolean one would be promoted element by element,
-    # several times slower on CPU). Removed weights become +-0, which every consumer treats as zero.
-    return weight * mask
+def _masked(weight: torch.Tensor, scores: torch.Tensor, config: "MaskConfig") -> torch.Tensor:
+    """``weight`` times the mask ``config`` selects from ``scores``, without autograd.
+
+    The mask holds the weight's dtype (a boolean one would be promoted element by element, several
+    times slower on CPU) and is new, so the product is written over it. Removed weights become
+    +-0, which every consumer treats as zero.
+    """
+    with torch.no_grad():
+        return config.values(scores, weight.dtype).mul_(weight)
 
 
-def straight_through_mask(weight, scores, mask, method="topk"):
-    """``weight * mask`` with the straight-through gradient to ``scores`` (see above)."""
-    return _StraightThroughMask.apply(weight, scores, mask, method)
+def straight_through_mask(weight, scores, config: "MaskConfig"):
+    """``weight`` times the mask ``config`` selects from ``scores``, with the straight-through
+    gradient to ``scores`` (see above)."""
+    return _StraightThroughMask.apply(weight, scores, config)
 
 
 def _linear(x, weight, bias=None):
@@ -291,9 +299,9 @@ class MaskedWeight(nn.Module):
             return weight
         if self.training:
             self._eval_cache = None
-            return self._with_gains(straight_through_mask(weight, scores, self.mask_values(), self.mask_config.method))
+            return self._with_gains(straight_through_mask(weight, scores, self.mask_config))
         with torch.no_grad():
-            masked = self._with_gains(_apply_mask(weight, self.mask_values()))
+            masked = self._with_gains(_masked(weight, scores, self.mask_config))
             self._eval_cache = _EvalCache(self._random_owner, self._score_owner, masked, self)
         return self._eval_cache.masked
 

@@ -60,7 +60,7 @@ def selects_on_host(device: torch.device) -> bool:
 
 
 def topk_mask(values: torch.Tensor, k: int, on_host: Optional[bool] = None,
-              dtype: torch.dtype = torch.bool) -> torch.Tensor:
+              dtype: torch.dtype = torch.bool, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mask (of ``dtype``) keeping exactly the ``k`` largest entries of each row of ``values``.
 
     ``values`` is (rows, n) or (n,). Selection without a full sort: the (n-k)-th smallest
@@ -68,45 +68,54 @@ def topk_mask(values: torch.Tensor, k: int, on_host: Optional[bool] = None,
     device path); ties at the threshold are broken by position (lower index kept first), so
     exactly k survive also with repeated values (constant scores, fp16/bf16 rounding). Both
     paths give the same mask. ``on_host`` picks the path; None leaves it to ``selects_on_host``.
+    ``out`` (``values``' shape, of ``dtype``) receives the mask; it may be ``values`` itself,
+    which is then overwritten.
     """
     squeeze = values.dim() == 1
     rows = values.unsqueeze(0) if squeeze else values
     if rows.dim() != 2:
         raise ValueError(f"topk_mask expects a 1-D or 2-D tensor, got shape {tuple(values.shape)}")
+    if out is not None and (out.shape != values.shape or out.dtype != dtype):
+        raise ValueError(f"topk_mask: out is {out.dtype} {tuple(out.shape)}, the mask {dtype} {tuple(values.shape)}")
+    target = None if out is None else (out.unsqueeze(0) if squeeze else out)
     n = rows.shape[1]
     if not 0 < k <= n:
         raise ValueError(f"topk_mask: k={k} is outside [1, {n}]")
     if k == n:
-        mask = torch.ones_like(rows, dtype=dtype)
+        mask = torch.ones_like(rows, dtype=dtype) if target is None else target.fill_(1)
         return mask[0] if squeeze else mask
     if on_host is None:
         on_host = selects_on_host(rows.device)
+    # The ties are found before the mask is written: ``out`` may overwrite ``values``.
     if on_host:
         # (n-k)-th smallest: everything strictly above it is kept (k of them without ties).
         found = [_kth_smallest_and_count_above(row, n - k) for row in rows]
         threshold = torch.stack([t for t, _ in found]).unsqueeze(1)
-        mask = greater(rows, threshold, dtype)
+        ties = rows == threshold if any(k != above for _, above in found) else None
+        mask = greater(rows, threshold, dtype, target)
         missing = torch.tensor([[k - above] for _, above in found])
-        fill = any(k != above for _, above in found)
     else:
         # Smallest of the k largest: everything strictly above it is kept (k-1 without ties).
         threshold = rows.topk(k, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
-        mask = greater(rows, threshold, dtype)
+        ties = rows == threshold  # branch-free: no host round-trip
+        mask = greater(rows, threshold, dtype, target)
         missing = k - mask.sum(dim=1, keepdim=True, dtype=torch.int64)
-        fill = True  # branch-free: no host round-trip
     # Rows short of k are filled from the entries equal to the threshold, lowest index first.
-    if fill:
-        ties = rows == threshold
+    if ties is not None:
         rank = ties.to(torch.int32).cumsum(dim=1)
         mask.masked_fill_(ties & (rank <= missing), 1)
     return mask[0] if squeeze else mask
 
 
-def greater(values: torch.Tensor, threshold, dtype: torch.dtype = torch.bool) -> torch.Tensor:
-    """``values > threshold`` as a mask of ``dtype`` (1/0 for a floating one), written as such."""
-    if dtype == torch.bool:
-        return values > threshold
-    return torch.gt(values, threshold, out=torch.empty(values.shape, dtype=dtype, device=values.device))
+def greater(values: torch.Tensor, threshold, dtype: torch.dtype = torch.bool,
+            out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``values > threshold`` as a mask of ``dtype`` (1/0 for a floating one), written as such,
+    into ``out`` when given (which may be ``values``)."""
+    if out is None:
+        if dtype == torch.bool:
+            return values > threshold
+        out = torch.empty(values.shape, dtype=dtype, device=values.device)
+    return torch.gt(values, threshold, out=out)
 
 
 # Below this size a plain kthvalue is as fast as narrowing the search first.
@@ -169,9 +178,9 @@ def select_mask(
 ) -> torch.Tensor:
     """Mask of the weights a virtual layer keeps, given its scores: boolean, or 1/0 in a floating ``dtype``.
 
-    ``scores`` may carry leading batch dimensions: for top-k methods the selection is done
-    per entry of dim 0 when ``scores`` is 3-D or more (one call for N virtual layers),
-    over the whole tensor otherwise.
+    A new tensor (never a view), which the caller may overwrite. ``scores`` may carry leading
+    batch dimensions: for top-k methods the selection is done per entry of dim 0 when ``scores``
+    is 3-D or more (one call for N virtual layers), over the whole tensor otherwise.
 
     - ``super_mask``: the (1 - prune_ratio) fraction with the largest |score| (the paper's).
     - ``topk``: the (1 - prune_ratio) fraction with the largest signed score.
@@ -184,16 +193,24 @@ def select_mask(
             return greater(scores, threshold, dtype)
         if method == "sigmoid_threshold":
             return greater(torch.sigmoid(scores), threshold, dtype)
-        flat = ranked_rows(scores, method)
-        k = num_kept(flat.shape[-1], prune_ratio)
-        return topk_mask(flat, k, dtype=dtype).view(scores.shape)
+        values = scores.abs() if method == "super_mask" else scores
+        # |scores| is a new tensor: the mask is written over it when it can hold the mask (one
+        # weight-sized tensor less per selection; selection runs on every training step).
+        reuse = values is not scores and values.dtype == dtype and values.is_contiguous()
+        mask = values if reuse else torch.empty(scores.shape, dtype=dtype, device=scores.device)
+        rows = _as_rows(values)
+        topk_mask(rows, num_kept(rows.shape[-1], prune_ratio), dtype=dtype, out=_as_rows(mask))
+        return mask
 
 
 def ranked_rows(scores: torch.Tensor, method: str) -> torch.Tensor:
     """The values a top-k method ranks (|score| for super_mask), one row per virtual layer when
     ``scores`` is 3-D or more, a single row otherwise (see ``select_mask``)."""
-    values = scores.abs() if method == "super_mask" else scores
-    return values.reshape(values.shape[0], -1) if scores.dim() >= 3 else values.reshape(-1)
+    return _as_rows(scores.abs() if method == "super_mask" else scores)
+
+
+def _as_rows(values: torch.Tensor) -> torch.Tensor:
+    return values.reshape(values.shape[0], -1) if values.dim() >= 3 else values.reshape(-1)
 
 
 def naive_edge_popup_mask(scores: torch.Tensor, prune_ratio: float) -> torch.Tensor:
