@@ -11,7 +11,7 @@ adds options of the one-layer model, a method beyond the paper for example); the
 (which one goes first alternates), and each ratio is taken within one repetition, so that slow
 drifts of the machine cancel out. Printed as ratios masked/dense, the median of the per-repetition
 ratios after warm-up with their lowest and highest (times: medians):
-  1. training step (forward + backward + optimizer step)
+  1. training step (forward + backward + optimizer step), with the minor page faults of each step
   2. all masks of one step, ours against a naive edge-popup (clone, full sort, scatter)
   3. beam-5 generation through fairseq's SequenceGenerator (fixed output length)
   4. peak memory of a training step: tensor bytes held at once beyond the model and what was
@@ -184,6 +184,16 @@ def timed(fn, runtime):
     return time.perf_counter() - start
 
 
+def minor_faults():
+    """Minor page faults of this process so far (memory the kernel hands it, zeroed, on first touch;
+    on CPU the cost of tensors that are freed and made again every step), or None where they are not counted."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def all_masked(model):
     from .masking import MaskedWeight
 
@@ -271,7 +281,7 @@ def run(args, runtime=None):
     # profiler that counts its allocations slows it and unsettles the next ones)
     profiled = 0 if args.skip_memory else 1
     batches = make_batches(profiled + args.warmup + args.steps, args.max_tokens)
-    times = {"masked": [], "dense": []}
+    times, faults = {"masked": [], "dense": []}, {"masked": [], "dense": []}
     for name, model in (("masked", masked), ("dense", dense)):
         model.to(device).train()
         model.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -283,12 +293,17 @@ def run(args, runtime=None):
             if i < profiled:
                 peaks[name] = runtime.peak_bytes(step)
             elif i >= profiled + args.warmup:
+                before = minor_faults()
                 times[name].append(timed(step, runtime))
+                if before is not None:
+                    faults[name].append(minor_faults() - before)
             else:
                 step()
     results["train_step_ratio"], results["train_step_s"] = paired(times)
     results["train_step_spread"] = spread(times)
     results["train_step_all_s"] = times
+    if faults["masked"]:
+        results["train_step_minor_faults"] = faults
 
     # 2. mask computation: all masks of one step, ours vs the naive sort
     layers = all_masked(masked)
@@ -337,8 +352,11 @@ def report(r):
     for name, key in (("train step  ", "train_step"), ("generation  ", "generate")):
         low, high = r[f"{key}_spread"]
         n = len(r[f"{key}_all_s"]["masked"])
+        faults = r.get("train_step_minor_faults") if key == "train_step" else None
+        per_step = "" if not faults else (f"; page faults per step {statistics.median(faults['masked']):,.0f} / "
+                                          f"{statistics.median(faults['dense']):,.0f}")
         lines.append(f"{name} masked/dense = {r[f'{key}_ratio']:.3f}  (min {low:.3f}, max {high:.3f} over {n} pairs; "
-                     f"{r[f'{key}_s']['masked']:.3f} s / {r[f'{key}_s']['dense']:.3f} s)")
+                     f"{r[f'{key}_s']['masked']:.3f} s / {r[f'{key}_s']['dense']:.3f} s{per_step})")
     lines.insert(2, f"mask compute naive/ours   = {r['mask_speedup']:.2f}x  "
                     f"({r['mask_s']['naive']:.3f} s / {r['mask_s']['ours']:.3f} s, {r['mask_elements']:,} scores)")
     if "peak_memory_ratio" in r:

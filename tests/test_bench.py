@@ -30,6 +30,7 @@ def test_benchmark_reports_every_ratio_with_its_spread_at_each_shape(tmp_path):
                                                    "generation", "peak"] * 2
     assert "shape=16/32/4,6+6" in lines[0] and "shape=32/64/4,6+6" in lines[5]
     assert "over 2 pairs" in lines[1] and "over 1 pairs" in lines[3]
+    assert "page faults per step" in lines[1] and "page faults" not in lines[3]
     shapes = json.loads(out.read_text())["shapes"]
     assert [r["shape"] for r in shapes] == [[16, 32, 4, 6], [32, 64, 4, 6]]
     for r in shapes:
@@ -38,6 +39,9 @@ def test_benchmark_reports_every_ratio_with_its_spread_at_each_shape(tmp_path):
             assert low <= r[f"{key}_ratio"] <= high and math.isfinite(high)
             assert (low, high) == bench.spread(r[f"{key}_all_s"])
         assert r["mask_elements"] > 0 and r["peak_memory_ratio"] > 0
+        faults = r["train_step_minor_faults"]  # one count per timed step, as the times
+        assert [len(v) for v in faults.values()] == [len(v) for v in r["train_step_all_s"].values()] == [2, 2]
+        assert all(isinstance(n, int) and n >= 0 for v in faults.values() for n in v)
     assert shapes[1]["mask_elements"] > shapes[0]["mask_elements"]  # the larger shape has more scores
 
 
