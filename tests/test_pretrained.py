@@ -14,10 +14,6 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import ROOT, SHARED, cli_env, run_command, train_in_process
-# Imported with the module, not in a test: the whole-machine run collects this file while its command
-# server imports, so this import (torch and fairseq, 3 to 4 s) does not count as the shipped model's decode.
-from one_layer_lottery.pretrained.build import check, in_root
-from one_layer_lottery.study import results
 
 SHIPPED = ROOT / "data" / "pretrained"
 SOURCE_LINES = 600  # of the sample corpus's training text: enough for every word, quick to prepare
@@ -61,6 +57,7 @@ def sample_pretrained(tmp_path_factory):
     from fairseq_cli import preprocess
 
     from one_layer_lottery.pretrained.build import build, from_root
+    from one_layer_lottery.study import results
 
     root = tmp_path_factory.mktemp("sample-pretrained")
     text, data, save_dir = root / "text", root / "bin", root / "run" / "checkpoints"
@@ -109,7 +106,9 @@ def test_the_directory_holds_plain_files_within_three_megabytes(sample_pretraine
 
 def _check_provenance(directory):
     """The provenance's digest, options and file checksums against the compact file itself."""
+    from one_layer_lottery.pretrained.build import in_root
     from one_layer_lottery.study.embeddings import digest
+    from one_layer_lottery.study import results
     from one_layer_lottery.subnetwork.file_reader import read
 
     provenance = json.loads((directory / "provenance.json").read_text())
@@ -283,6 +282,7 @@ def test_a_truncated_model_file_fails_in_one_line_from_the_shell(sample_pretrain
 
 def test_check_decodes_the_test_set_as_the_study_scored_the_checkpoint(sample_pretrained, tmp_path):
     """check() on the compact file finds the tokenised BLEU the study's scorer gives the checkpoint."""
+    from one_layer_lottery.pretrained.build import check
     from one_layer_lottery.study.runner import generate_test_set, read_generation
 
     log = tmp_path / "generate.log"
@@ -298,6 +298,9 @@ def test_check_decodes_the_test_set_as_the_study_scored_the_checkpoint(sample_pr
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data")
 @pytest.mark.skipif(not SHIPPED.is_dir(), reason="data/pretrained/ is not built")
 def test_the_shipped_model_scores_the_test_bleu_its_result_file_records():
+    from one_layer_lottery.pretrained.build import check, in_root
+    from one_layer_lottery.study import results
+
     provenance = json.loads((SHIPPED / "provenance.json").read_text())
     recorded = results.read(in_root(provenance["result_file"]))["test"]
     found = check(str(SHIPPED))  # 1000 sentences, beam 5: the suite's one long decode
