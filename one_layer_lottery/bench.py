@@ -189,7 +189,7 @@ def minor_faults():
     on CPU the cost of tensors that are freed and made again every step), or None where they are not counted."""
     try:
         import resource
-    except ImportError:  # not on Windows
+    except ImportError:  # Windows has no resource module
         return None
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 

@@ -193,7 +193,7 @@ def select_mask(
             return greater(scores, threshold, dtype)
         if method == "sigmoid_threshold":
             return greater(torch.sigmoid(scores), threshold, dtype)
-        values = scores.abs() if method == "super_mask" else scores
+        values = _ranked_values(scores, method)
         # |scores| is a new tensor: the mask is written over it when it can hold the mask (one
         # weight-sized tensor less per selection; selection runs on every training step).
         reuse = values is not scores and values.dtype == dtype and values.is_contiguous()
@@ -206,7 +206,11 @@ def select_mask(
 def ranked_rows(scores: torch.Tensor, method: str) -> torch.Tensor:
     """The values a top-k method ranks (|score| for super_mask), one row per virtual layer when
     ``scores`` is 3-D or more, a single row otherwise (see ``select_mask``)."""
-    return _as_rows(scores.abs() if method == "super_mask" else scores)
+    return _as_rows(_ranked_values(scores, method))
+
+
+def _ranked_values(scores: torch.Tensor, method: str) -> torch.Tensor:
+    return scores.abs() if method == "super_mask" else scores
 
 
 def _as_rows(values: torch.Tensor) -> torch.Tensor:
